@@ -1,0 +1,1 @@
+"""manylabel training: data, features, head training, metrics, thresholds and export."""

@@ -1,0 +1,81 @@
+"""Export: backbone graph + trained head -> one fused ONNX graph, checked before anything is written.
+
+The fused graph maps the preprocessed uint8 batch straight to sigmoid scores. The head's feature
+standardisation is folded into its first layer, so the graph is backbone -> Gemm(s) -> Sigmoid.
+Export verifies itself: `onnx.checker`, then onnxruntime against torch on a real batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from service.errors import ManylabelError
+from service.manifest import Preprocessing
+from training.backbone import FEATURES_OUTPUT, FeatureExtractor
+
+PARITY_ATOL = 1e-4
+
+
+class ExportError(ManylabelError):
+    """The exported graph failed its own checks; nothing was written to the model store."""
+
+
+def fold_standardisation(layers, mean: np.ndarray, std: np.ndarray):
+    """((x - mean) / std) @ W + b  ==  x @ (W / std) + (b - (mean / std) @ W)."""
+    (w, b), *rest = layers
+    w2 = w / std[:, None]
+    b2 = b - (mean / std) @ w
+    return [(w2.astype(np.float32), b2.astype(np.float32)), *rest]
+
+
+def fuse(backbone: onnx.ModelProto, layers, *, output_name: str) -> onnx.ModelProto:
+    """Append the head (list of (W, b); ReLU between layers) and a Sigmoid to the backbone graph."""
+    model = onnx.ModelProto()
+    model.CopyFrom(backbone)
+    graph = model.graph
+    current = FEATURES_OUTPUT
+    for i, (w, b) in enumerate(layers):
+        graph.initializer.extend(
+            [numpy_helper.from_array(w, f"head_w{i}"), numpy_helper.from_array(b, f"head_b{i}")]
+        )
+        out = f"head_z{i}"
+        graph.node.append(helper.make_node("Gemm", [current, f"head_w{i}", f"head_b{i}"], [out]))
+        current = out
+        if i < len(layers) - 1:
+            graph.node.append(helper.make_node("Relu", [current], [f"head_r{i}"]))
+            current = f"head_r{i}"
+    graph.node.append(helper.make_node("Sigmoid", [current], [output_name]))
+    n_labels = layers[-1][0].shape[1]
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_labels]))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def torch_reference(extractor: FeatureExtractor, layers, batch: np.ndarray) -> np.ndarray:
+    """The same computation in eager torch, for the parity check."""
+    with torch.no_grad():
+        x = extractor(torch.from_numpy(batch)).double()
+        for i, (w, b) in enumerate(layers):
+            x = x @ torch.from_numpy(w).double() + torch.from_numpy(b).double()
+            if i < len(layers) - 1:
+                x = torch.relu(x)
+        return torch.sigmoid(x).numpy()
+
+
+def check_parity(
+    model: onnx.ModelProto, reference: np.ndarray, batch: np.ndarray, spec: Preprocessing
+) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {spec.input_name: batch})[0]
+    if got.shape != reference.shape:
+        raise ExportError(f"ONNX output shape {got.shape} != torch {reference.shape}")
+    diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
+    if not np.isfinite(diff) or diff > PARITY_ATOL:
+        raise ExportError(f"onnxruntime and torch disagree by {diff:.2e} (> {PARITY_ATOL}); model not saved")
+    return diff

@@ -1,0 +1,205 @@
+"""The multi-label head and its training loop on cached features.
+
+One run trains 1 + k heads in lockstep as a single stacked module: head 0 on the whole train split
+(the model users get) and head f+1 on the train split minus fold f (for out-of-fold scores). The
+fold heads cost one batched matmul, not k extra runs, and they are snapshotted at head 0's best
+epoch, so the out-of-fold scores of "best" come from the same recipe and the same epoch count.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+
+
+class StackedHead(nn.Module):
+    """`n_heads` independent heads over the same standardised features: (N, D) -> (H, N, L)."""
+
+    def __init__(self, n_heads: int, dim: int, n_labels: int, *, kind: str, hidden: int, dropout: float):
+        super().__init__()
+        self.kind = kind
+        width = hidden if kind == "mlp" else n_labels
+        self.w1 = nn.Parameter(torch.empty(n_heads, dim, width))
+        self.b1 = nn.Parameter(torch.zeros(n_heads, 1, width))
+        for h in range(n_heads):
+            nn.init.kaiming_uniform_(self.w1.data[h].T, a=math.sqrt(5))
+        if kind == "mlp":
+            self.w2 = nn.Parameter(torch.empty(n_heads, hidden, n_labels))
+            self.b2 = nn.Parameter(torch.zeros(n_heads, 1, n_labels))
+            for h in range(n_heads):
+                nn.init.kaiming_uniform_(self.w2.data[h].T, a=math.sqrt(5))
+            self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            return torch.einsum("nd,hdl->hnl", x, self.w1) + self.b1
+        h = torch.relu(torch.einsum("nd,hdk->hnk", self.drop(x), self.w1) + self.b1)
+        return torch.bmm(h, self.w2) + self.b2
+
+    def penalty(self) -> torch.Tensor:
+        """Sum over heads of the squared weights (biases are not penalised)."""
+        total = self.w1.pow(2).sum()
+        if self.kind == "mlp":
+            total = total + self.w2.pow(2).sum()
+        return total
+
+    def weights(self, head: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Layers of one head as (W (in, out), b (out,)) numpy pairs, for export."""
+        layers = [(self.w1[head], self.b1[head, 0])]
+        if self.kind == "mlp":
+            layers.append((self.w2[head], self.b2[head, 0]))
+        return [(w.detach().numpy().copy(), b.detach().numpy().copy()) for w, b in layers]
+
+
+@dataclass
+class HeadResult:
+    best: StackedHead  # snapshot at the lowest validation loss of head 0
+    last: StackedHead
+    best_epoch: int
+    last_epoch: int
+    best_val_loss: float
+    last_val_loss: float
+    mean: np.ndarray  # feature standardisation, folded into the first layer at export
+    std: np.ndarray
+    history: list[dict] = field(default_factory=list)
+    stopped: str = ""
+
+
+def fold_assignment(n: int, k: int, seed: int) -> np.ndarray:
+    """Fold index per train sample (balanced, shuffled); k < 2 disables out-of-fold heads."""
+    if k < 2 or n < k:
+        return np.full(n, -1)
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.arange(n) % k)
+
+
+def train_heads(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TrainConfig,
+    folds: np.ndarray,
+    *,
+    on_epoch: Callable[[dict], None] | None = None,
+    deadline: float | None = None,
+) -> HeadResult:
+    torch.manual_seed(cfg.seed)
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0) + 1e-6
+    xt = torch.from_numpy((x_train - mean) / std).float()
+    yt = torch.from_numpy(y_train.astype(np.float32))
+    xv = torch.from_numpy((x_val - mean) / std).float()
+    yv = torch.from_numpy(y_val.astype(np.float32))
+    n_folds = int(folds.max()) + 1
+    member = _membership(folds, n_folds)  # (H, N): which train rows each head learns from
+    model = StackedHead(
+        1 + n_folds, xt.shape[1], yt.shape[1], kind=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    res = HeadResult(
+        best=copy.deepcopy(model),
+        last=model,
+        best_epoch=0,
+        last_epoch=0,
+        best_val_loss=math.inf,
+        last_val_loss=math.inf,
+        mean=mean,
+        std=std,
+    )
+    since_best = 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        train_loss = _epoch(model, opt, xt, yt, member, cfg.batch_size, gen, cfg.l2)
+        val_loss = evaluate_loss(model, xv, yv)
+        res.last_epoch, res.last_val_loss = epoch, val_loss
+        improved = val_loss < res.best_val_loss
+        if improved:
+            res.best, res.best_epoch, res.best_val_loss = copy.deepcopy(model), epoch, val_loss
+            since_best = 0
+        else:
+            since_best += 1
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best_epoch": res.best_epoch}
+        res.history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if cfg.patience and since_best >= cfg.patience:
+            res.stopped = f"no lower validation loss in {cfg.patience} epochs"
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            res.stopped = "time budget reached"
+            break
+    else:
+        res.stopped = f"max_epochs={cfg.max_epochs} reached"
+    res.best.eval()
+    model.eval()
+    return res
+
+
+def _membership(folds: np.ndarray, n_folds: int) -> torch.Tensor:
+    rows = [np.ones(len(folds), dtype=bool)] + [folds != f for f in range(n_folds)]
+    return torch.from_numpy(np.stack(rows).astype(np.float32))
+
+
+def _epoch(model, opt, xt, yt, member, batch_size, gen, l2: float) -> float:
+    model.train()
+    order = torch.randperm(len(xt), generator=gen)
+    total, seen = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        logits = model(xt[idx])  # (H, B, L)
+        per = nn.functional.binary_cross_entropy_with_logits(
+            logits, yt[idx].expand_as(logits), reduction="none"
+        ).mean(dim=2)  # (H, B)
+        mask = member[:, idx]
+        loss = ((per * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum()
+        if l2:
+            loss = loss + l2 * model.penalty()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(per[0].detach().sum())
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate_loss(model: StackedHead, x: torch.Tensor, y: torch.Tensor, head: int = 0) -> float:
+    model.eval()
+    logits = model(x)[head]
+    return float(nn.functional.binary_cross_entropy_with_logits(logits, y))
+
+
+@torch.no_grad()
+def head_scores(model: StackedHead, x: np.ndarray, mean: np.ndarray, std: np.ndarray, head: int = 0):
+    model.eval()
+    xs = torch.from_numpy((x - mean) / std).float()
+    return torch.sigmoid(model(xs)[head]).numpy()
+
+
+@torch.no_grad()
+def oof_scores(model: StackedHead, x: np.ndarray, folds: np.ndarray, mean, std) -> np.ndarray | None:
+    """Score each train row with the fold head that never saw it."""
+    if folds.min() < 0:
+        return None
+    model.eval()
+    all_scores = torch.sigmoid(model(torch.from_numpy((x - mean) / std).float())).numpy()  # (H, N, L)
+    return all_scores[folds + 1, np.arange(len(x))]
+
+
+def estimate_steps(n_train: int, cfg: TrainConfig, epoch_seconds: float) -> tuple[int, int]:
+    """(epochs, optimiser steps) the budget allows, given one timed epoch."""
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    epochs = cfg.max_epochs
+    if epoch_seconds > 0:
+        epochs = min(epochs, max(1, int(cfg.minutes * 60 / epoch_seconds)))
+    return epochs, epochs * steps_per_epoch

@@ -1,0 +1,222 @@
+"""`fit()`: images + labels CSV -> best/last ONNX models + manifest in the BentoML model store.
+
+Read it as the table of contents of training; each step lives in its own module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.manifest import Manifest, Preprocessing, file_entry
+from service.store import StoredModel, save_model
+from training import artifacts
+from training.backbone import BACKBONE, backbone_onnx
+from training.config import TrainConfig
+from training.dataset import Dataset, load_dataset
+from training.evaluate import Evaluated, bce, evaluate_model
+from training.features import compute_features
+from training.head import (
+    HeadResult,
+    estimate_steps,
+    fold_assignment,
+    head_scores,
+    oof_scores,
+    train_heads,
+)
+
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    stored: StoredModel
+    manifest: Manifest
+    feature_seconds: float
+    head_seconds: float
+    total_seconds: float
+    stopped: str
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "manylabel"
+
+
+def fit(images, labels_csv: Path, cfg: TrainConfig, *, say: Say = log.info) -> TrainResult:
+    started = time.monotonic()
+    spec = Preprocessing()
+    cache_root = Path(cfg.cache_dir or default_cache_dir())
+    with load_dataset(images, labels_csv, cfg, say=say) as data:
+        onnx_path = backbone_onnx(cache_root, spec)
+        features = _features(data, onnx_path, spec, cache_root, cfg, say)
+        split = data.arrays(features)
+        workdir = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="manylabel-run-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        progress = artifacts.ProgressLog(workdir / artifacts.PROGRESS)
+        progress.write(
+            {
+                "stage": "features",
+                "seconds": features.seconds,
+                "cached": features.cached,
+                "computed": features.computed,
+                "failed": len(features.failed),
+            }
+        )
+        head_started = time.monotonic()
+        folds = fold_assignment(len(split.y_train), cfg.folds, cfg.seed)
+        result = _train(split, folds, cfg, progress, say)
+        head_seconds = time.monotonic() - head_started
+        evaluated = {w: _evaluate(w, result, split, folds, data.labels, cfg) for w in ("best", "last")}
+        manifest = _export(workdir, onnx_path, spec, result, evaluated, split, data, cfg, progress)
+        stored = save_model(workdir, manifest)
+        if not cfg.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return TrainResult(
+        stored, stored.manifest, features.seconds, head_seconds, time.monotonic() - started, result.stopped
+    )
+
+
+def _features(data: Dataset, onnx_path, spec, cache_root, cfg: TrainConfig, say: Say):
+    def estimate(n: int, seconds: float) -> None:
+        say(
+            f"estimated feature time: {seconds:.0f} s for {n} uncached images "
+            f"({n / max(seconds, 1e-9):.0f} img/s)"
+        )
+
+    fs = compute_features(
+        data.images,
+        onnx_path=onnx_path,
+        spec=spec,
+        cache_root=cache_root,
+        batch_size=cfg.feature_batch,
+        workers=cfg.workers,
+        device=cfg.device,
+        on_estimate=estimate,
+    )
+    say(
+        f"features: {fs.cached} cached, {fs.computed} computed, {len(fs.failed)} unreadable "
+        f"in {fs.seconds:.1f} s"
+    )
+    for reason in list(fs.failed.values())[:10]:
+        say(f"  skipped {reason}")
+    if len(fs.failed) > 10:
+        say(f"  ... and {len(fs.failed) - 10} more unreadable images")
+    return fs
+
+
+def _train(split, folds, cfg: TrainConfig, progress: artifacts.ProgressLog, say: Say) -> HeadResult:
+    deadline = time.monotonic() + cfg.minutes * 60
+    bar = tqdm(total=cfg.max_epochs, desc="training head", unit="epoch")
+    t0 = time.monotonic()
+
+    def on_epoch(row: dict) -> None:
+        if row["epoch"] == 1:
+            epochs, steps = estimate_steps(len(split.y_train), cfg, time.monotonic() - t0)
+            say(
+                f"estimated: {epochs} epochs, {steps} steps in the {cfg.minutes:g}-minute budget "
+                f"(max_epochs={cfg.max_epochs}, patience={cfg.patience})"
+            )
+            bar.total = epochs
+        bar.update(1)
+        bar.set_postfix(
+            train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}", best=row["best_epoch"]
+        )
+        progress.write({"stage": "train", **row})
+
+    result = train_heads(
+        split.x_train,
+        split.y_train,
+        split.x_val,
+        split.y_val,
+        cfg,
+        folds,
+        on_epoch=on_epoch,
+        deadline=deadline,
+    )
+    bar.close()
+    say(
+        f"stopped after epoch {result.last_epoch}: {result.stopped}; best epoch {result.best_epoch} "
+        f"(val loss {result.best_val_loss:.4f}), last val loss {result.last_val_loss:.4f}"
+    )
+    return result
+
+
+def _evaluate(which: str, result: HeadResult, split, folds, labels, cfg: TrainConfig) -> Evaluated:
+    model = result.best if which == "best" else result.last
+    scores = {
+        "train": head_scores(model, split.x_train, result.mean, result.std),
+        "validation": head_scores(model, split.x_val, result.mean, result.std),
+    }
+    y = {"train": split.y_train, "validation": split.y_val}
+    losses = {s: bce(y[s], scores[s]) for s in scores}
+    return evaluate_model(
+        file=f"{which}.onnx",
+        epoch=result.best_epoch if which == "best" else result.last_epoch,
+        val_loss=result.best_val_loss if which == "best" else result.last_val_loss,
+        labels=labels,
+        y=y,
+        scores=scores,
+        oof=oof_scores(model, split.x_train, folds, result.mean, result.std),
+        losses=losses,
+        threshold_source=cfg.threshold_source,
+        min_positives=cfg.min_positives,
+    )
+
+
+def _export(
+    workdir: Path,
+    onnx_path,
+    spec,
+    result: HeadResult,
+    evaluated: dict[str, Evaluated],
+    split,
+    data: Dataset,
+    cfg: TrainConfig,
+    progress: artifacts.ProgressLog,
+) -> Manifest:
+    files = artifacts.write_models(workdir, onnx_path, spec, result, data.parity_batch(spec))
+    files += artifacts.write_records(workdir, split, evaluated)
+    files += artifacts.write_curves(workdir, evaluated, cfg.name)
+    progress.write({"stage": "export", "files": files})
+    files.append(artifacts.PROGRESS)
+    manifest = Manifest(
+        name=cfg.name,
+        labels=data.labels,
+        label_counts={
+            "train": split.counts(split.y_train, data.labels),
+            "validation": split.counts(split.y_val, data.labels),
+        },
+        backbone=BACKBONE,
+        preprocessing=spec,
+        models={w: e.entry for w, e in evaluated.items()},
+        files=[file_entry(workdir, f) for f in files],
+        training={
+            **cfg.to_json(),
+            "stopped": result.stopped,
+            "history_epochs": len(result.history),
+            "unreadable_images": len(split.failed),
+            "train_images": len(split.y_train),
+            "validation_images": len(split.y_val),
+        },
+    )
+    manifest.write(workdir)
+    return manifest
+
+
+def summary_json(manifest: Manifest) -> str:
+    return json.dumps(
+        {
+            w: {s: m.model_dump(exclude={"per_label"}) for s, m in e.metrics.items()}
+            for w, e in manifest.models.items()
+        },
+        indent=2,
+    )
