@@ -37,6 +37,8 @@ def load_image(
     Raises InvalidImageError (not an image, corrupt, truncated) or ImageTooLargeError.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "image")
+    if isinstance(source, bytes) and not source:
+        raise InvalidImageError(f"{label}: empty file")
     try:
         with _open(source) as img:
             return _prepare(img, spec, label, max_pixels)
@@ -50,8 +52,6 @@ def load_image(
 
 def _open(source: bytes | Path | str) -> Image.Image:
     if isinstance(source, bytes):
-        if not source:
-            raise InvalidImageError("empty file")
         return Image.open(io.BytesIO(source))
     return Image.open(source)
 

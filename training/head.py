@@ -95,7 +95,9 @@ def train_heads(
 ) -> HeadResult:
     torch.manual_seed(cfg.seed)
     mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0) + 1e-6
+    std = x_train.std(axis=0)
+    # A channel that is (nearly) constant on a small train set would blow up on new images.
+    std = np.maximum(std, 0.1 * float(np.median(std)) + 1e-6)
     xt = torch.from_numpy((x_train - mean) / std).float()
     yt = torch.from_numpy(y_train.astype(np.float32))
     xv = torch.from_numpy((x_val - mean) / std).float()

@@ -1,0 +1,199 @@
+"""training.head: folds, the stacked head's shapes, the training loop's stopping rules, out-of-fold scores."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import TrainConfig
+from training.head import StackedHead, estimate_steps, fold_assignment, oof_scores, train_heads
+
+
+def _separable(n: int = 200, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features whose first three channels decide the three labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim))
+    y = (x[:, :3] > 0).astype(np.float32)
+    return x, y
+
+
+def _cfg(**overrides: object) -> TrainConfig:
+    base = {"head": "linear", "lr": 1e-2, "batch_size": 64, "max_epochs": 30, "patience": 0, "seed": 0}
+    return TrainConfig(**{**base, **overrides})
+
+
+# --- fold_assignment -------------------------------------------------------------------------------
+
+
+def test_fold_assignment_is_balanced() -> None:
+    folds = fold_assignment(103, 5, seed=1)
+    counts = np.bincount(folds, minlength=5)
+    assert counts.sum() == 103
+    assert counts.max() - counts.min() <= 1
+    assert set(folds.tolist()) == set(range(5))
+
+
+def test_fold_assignment_is_deterministic_per_seed() -> None:
+    np.testing.assert_array_equal(fold_assignment(50, 5, seed=3), fold_assignment(50, 5, seed=3))
+    assert not np.array_equal(fold_assignment(50, 5, seed=3), fold_assignment(50, 5, seed=4))
+
+
+@pytest.mark.parametrize(("n", "k"), [(50, 1), (50, 0), (3, 5)])
+def test_fold_assignment_is_all_minus_one_when_disabled(n: int, k: int) -> None:
+    folds = fold_assignment(n, k, seed=0)
+    assert folds.shape == (n,)
+    assert np.all(folds == -1)
+
+
+# --- StackedHead -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_stacked_head_output_is_heads_by_rows_by_labels(kind: str) -> None:
+    head = StackedHead(4, 16, 3, kind=kind, hidden=8, dropout=0.0)
+    assert head(torch.zeros(7, 16)).shape == (4, 7, 3)
+
+
+def test_linear_head_weights_are_one_in_by_out_layer() -> None:
+    head = StackedHead(2, 16, 3, kind="linear", hidden=8, dropout=0.0)
+    [(w, b)] = head.weights(1)
+    assert (w.shape, b.shape) == ((16, 3), (3,))
+    np.testing.assert_array_equal(w, head.w1[1].detach().numpy())
+
+
+def test_mlp_head_weights_are_two_layers_whose_numpy_forward_matches() -> None:
+    head = StackedHead(3, 16, 4, kind="mlp", hidden=8, dropout=0.5).eval()
+    layers = head.weights(2)
+    assert [(w.shape, b.shape) for w, b in layers] == [((16, 8), (8,)), ((8, 4), (4,))]
+    x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
+    (w1, b1), (w2, b2) = layers
+    expected = np.maximum(x @ w1 + b1, 0) @ w2 + b2
+    with torch.no_grad():
+        got = head(torch.from_numpy(x))[2].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_are_copies_not_views() -> None:
+    head = StackedHead(1, 4, 2, kind="linear", hidden=8, dropout=0.0)
+    [(w, _)] = head.weights(0)
+    w[:] = 123.0
+    assert not torch.any(head.w1 == 123.0)
+
+
+# --- train_heads -------------------------------------------------------------------------------------
+
+
+def test_training_lowers_validation_loss_on_separable_features() -> None:
+    x, y = _separable(260)
+    cfg = _cfg(lr=0.1, max_epochs=40)
+    res = train_heads(x[:200], y[:200], x[200:], y[200:], cfg, fold_assignment(200, 5, 0))
+    first = res.history[0]["val_loss"]
+    assert first < np.log(2) + 0.05  # roughly chance after one epoch
+    assert res.best_val_loss < 0.4 * first
+    assert res.best_val_loss <= res.last_val_loss
+    assert 1 <= res.best_epoch <= res.last_epoch
+    assert res.best_val_loss == min(row["val_loss"] for row in res.history)
+
+
+def test_training_stops_at_max_epochs() -> None:
+    x, y = _separable(260)
+    res = train_heads(x[:200], y[:200], x[200:], y[200:], _cfg(max_epochs=7), fold_assignment(200, 0, 0))
+    assert res.last_epoch == 7
+    assert [row["epoch"] for row in res.history] == list(range(1, 8))
+    assert "max_epochs=7" in res.stopped
+
+
+def test_training_stops_after_patience_epochs_without_improvement() -> None:
+    x, y = _separable(260)
+    # lr=0 freezes the weights, so the validation loss after epoch 1 never gets strictly lower.
+    cfg = _cfg(lr=0.0, max_epochs=50, patience=3)
+    res = train_heads(x[:200], y[:200], x[200:], y[200:], cfg, fold_assignment(200, 5, 0))
+    assert (res.best_epoch, res.last_epoch) == (1, 4)
+    assert "3 epochs" in res.stopped
+
+
+def test_a_deadline_in_the_past_stops_after_one_epoch() -> None:
+    x, y = _separable(260)
+    res = train_heads(
+        x[:200], y[:200], x[200:], y[200:], _cfg(), fold_assignment(200, 5, 0), deadline=time.monotonic() - 1
+    )
+    assert res.last_epoch == 1
+    assert len(res.history) == 1
+    assert res.stopped == "time budget reached"
+
+
+def test_on_epoch_is_called_once_per_epoch_with_the_history_row() -> None:
+    x, y = _separable(260)
+    rows: list[dict] = []
+    res = train_heads(
+        x[:200],
+        y[:200],
+        x[200:],
+        y[200:],
+        _cfg(max_epochs=4),
+        fold_assignment(200, 5, 0),
+        on_epoch=rows.append,
+    )
+    assert rows == res.history
+    assert set(rows[0]) == {"epoch", "train_loss", "val_loss", "best_epoch"}
+
+
+def test_one_head_per_fold_plus_the_full_head() -> None:
+    x, y = _separable(260)
+    res = train_heads(x[:200], y[:200], x[200:], y[200:], _cfg(max_epochs=2), fold_assignment(200, 4, 0))
+    assert res.best.w1.shape[0] == 5
+    no_folds = train_heads(x[:200], y[:200], x[200:], y[200:], _cfg(max_epochs=2), fold_assignment(200, 1, 0))
+    assert no_folds.best.w1.shape[0] == 1
+
+
+def test_fold_heads_learn_only_from_rows_outside_their_fold() -> None:
+    # Features carry no information, so each head can only learn label rates from the rows it sees.
+    # Label A is positive exactly on fold 0, label B exactly on fold 1: head 1 (without fold 0) sees A
+    # always 0 and B always 1; head 2 (without fold 1) the reverse; head 0 sees each half the time.
+    folds = np.arange(120) % 2
+    y = np.stack([folds == 0, folds == 1], axis=1).astype(np.float32)
+    x = np.zeros((120, 4))
+    res = train_heads(x, y, x[:10], y[:10], _cfg(lr=0.1, max_epochs=60), folds)
+    scores = torch.sigmoid(res.last(torch.zeros(1, 4)))[:, 0].detach().numpy()  # (H, L)
+    assert scores[1, 0] < 0.1 and scores[1, 1] > 0.9
+    assert scores[2, 0] > 0.9 and scores[2, 1] < 0.1
+    np.testing.assert_allclose(scores[0], [0.5, 0.5], atol=0.05)
+
+
+# --- oof_scores ----------------------------------------------------------------------------------------
+
+
+def test_oof_scores_take_each_row_from_the_head_that_left_its_fold_out() -> None:
+    head = StackedHead(4, 2, 1, kind="linear", hidden=8, dropout=0.0)
+    with torch.no_grad():
+        head.w1.zero_()
+        head.b1[:, 0, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])  # head h outputs the constant logit h
+    folds = np.array([2, 0, 1, 1, 0, 2])
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    got = oof_scores(head, x, folds, np.zeros(2), np.ones(2))
+    assert got.shape == (6, 1)
+    expected = 1 / (1 + np.exp(-(folds + 1.0)))
+    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-6)
+
+
+def test_oof_scores_are_none_without_folds() -> None:
+    head = StackedHead(1, 2, 1, kind="linear", hidden=8, dropout=0.0)
+    assert oof_scores(head, np.zeros((3, 2)), np.full(3, -1), np.zeros(2), np.ones(2)) is None
+
+
+# --- estimate_steps ------------------------------------------------------------------------------------
+
+
+def test_estimate_steps_fits_epochs_in_the_time_budget() -> None:
+    cfg = TrainConfig(minutes=1.0, max_epochs=300, batch_size=64)
+    assert estimate_steps(130, cfg, epoch_seconds=0.5) == (120, 360)  # 3 steps per epoch
+
+
+def test_estimate_steps_is_capped_by_max_epochs_and_at_least_one_epoch() -> None:
+    cfg = TrainConfig(minutes=1.0, max_epochs=300, batch_size=64)
+    assert estimate_steps(64, cfg, epoch_seconds=0.001) == (300, 300)
+    assert estimate_steps(64, cfg, epoch_seconds=0.0) == (300, 300)
+    assert estimate_steps(10, cfg, epoch_seconds=1000.0) == (1, 1)
