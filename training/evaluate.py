@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.manifest import ModelEntry, SplitMetrics
-from training.metrics import pr_curves, split_metrics
+from service.metrics import pr_curves, split_metrics
 from training.thresholds import f1_thresholds, target_precision_thresholds, target_recall_thresholds
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.metrics import check_binary, check_multilabel, counts_at_scores
+from service.metrics import check_binary, check_multilabel, counts_at_scores
 
 logger = logging.getLogger(__name__)
 

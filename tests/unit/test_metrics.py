@@ -1,4 +1,4 @@
-"""training.metrics: hand-worked toys, then scikit-learn as the reference on random data."""
+"""service.metrics: hand-worked toys, then scikit-learn as the reference on random data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from training.metrics import (
+from service.metrics import (
     average_precision,
     image_correct,
     label_correct,
@@ -220,6 +220,6 @@ def test_pr_curves_small_is_complete_and_shared_threshold_is_reported() -> None:
 
 
 def test_docstring_examples() -> None:
-    import training.metrics
+    import service.metrics
 
-    assert doctest.testmod(training.metrics).failed == 0
+    assert doctest.testmod(service.metrics).failed == 0

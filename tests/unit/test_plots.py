@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib import _pylab_helpers
 from PIL import Image
 
-from training.metrics import pr_curves
+from service.metrics import pr_curves
 from training.plots import plot_pr_curves
 
 

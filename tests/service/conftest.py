@@ -1,0 +1,94 @@
+"""One real `bentoml serve` per session, on a free port, over a tiny model built here without torch.
+
+The model honours the manifest contract: uint8 NHWC "image" (N, 32, 32, 3) -> Cast -> normalise
+-> mean over H, W -> Gemm -> Sigmoid -> "scores" (N, 3). best and last have different heads so the
+tests can tell them apart. The store lives in a temp BENTOML_HOME, written by a subprocess so this
+process's BentoML singletons are never pointed at it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from servekit import BENTOML, PYTHON, REPO, SAVE_SCRIPT, SERVER_ENV, Server, build_model, image_bytes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("serve")
+    home = root / "bentoml_home"
+    build_model(root / "model")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **SERVER_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    tag = subprocess.run(
+        [PYTHON, "-c", SAVE_SCRIPT, str(root / "model")], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    port = free_port()
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [BENTOML, "serve", "service.service:ManyLabel", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc, log)
+        yield Server(url=url, home=home, env=env, log=log, tag=tag)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"bentoml serve was not ready within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, bytes]:
+    return {
+        "red.jpg": image_bytes(1),
+        "green.png": image_bytes(2, fmt="PNG"),
+        "grey.jpg": image_bytes(3, mode="L"),
+        "blue.webp": image_bytes(4, fmt="WEBP", size=(40, 90)),
+        "rgba.png": image_bytes(5, fmt="PNG", mode="RGBA"),
+        "small.jpg": image_bytes(6, size=(20, 20)),
+    }
