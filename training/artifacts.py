@@ -3,6 +3,7 @@
 - best.onnx / last.onnx: fused graphs (checked against torch before they are written)
 - records.npz: per-image names, split, ground truth and scores (for inspecting without re-inference)
 - pr_curves.json, pr_best.png, pr_last.png: precision-recall curves with the operating point
+- thumbnails.zip: small JPEGs of the train/validation images, member `{row:06d}.jpg`
 - progress.jsonl: the training progress, one JSON object per line
 """
 
@@ -91,3 +92,44 @@ def write_curves(workdir: Path, evaluated: dict, name: str) -> list[str]:
         plot_pr_curves(ev.curves["validation"], path, title=f"{name} — {which} model, validation")
         written.append(path.name)
     return written
+
+
+THUMBNAILS = "thumbnails.zip"
+THUMBNAIL_SIZE = 192
+
+
+def _thumbnail(path: Path) -> bytes | None:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=80)
+            return buf.getvalue()
+    except Exception:  # unreadable images were left out of training already
+        return None
+
+
+def write_thumbnails(workdir: Path, names: list[str], paths: dict[str, Path], workers: int = 2) -> list[str]:
+    """Small JPEGs of the train/validation images, member `{row:06d}.jpg` for records row `row`.
+
+    Stored with the model so the inspect views work without the original image folder.
+    """
+    import zipfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    tmp = workdir / f".{THUMBNAILS}.tmp"
+    with ThreadPoolExecutor(workers) as pool, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        thumbs = pool.map(lambda n: _thumbnail(paths[n]), names)
+        for row, data in enumerate(
+            tqdm(thumbs, total=len(names), desc="thumbnails", unit="img", leave=False)
+        ):
+            if data is not None:
+                zf.writestr(f"{row:06d}.jpg", data)
+    tmp.replace(workdir / THUMBNAILS)
+    return [THUMBNAILS]

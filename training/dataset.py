@@ -42,6 +42,10 @@ class Dataset:
     validation: list[Sample]
 
     @property
+    def paths(self) -> dict[str, Path]:
+        return {s.image.relpath: s.image.path for s in self.train + self.validation}
+
+    @property
     def images(self) -> list[ImageFile]:
         return [s.image for s in self.train + self.validation]
 

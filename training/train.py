@@ -186,6 +186,7 @@ def _export(
     files = artifacts.write_models(workdir, onnx_path, spec, result, data.parity_batch(spec))
     files += artifacts.write_records(workdir, split, evaluated)
     files += artifacts.write_curves(workdir, evaluated, cfg.name)
+    files += artifacts.write_thumbnails(workdir, split.names_train + split.names_val, data.paths, cfg.workers)
     progress.write({"stage": "export", "files": files})
     files.append(artifacts.PROGRESS)
     manifest = Manifest(

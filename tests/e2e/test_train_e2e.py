@@ -7,6 +7,8 @@ labels are visible colours, so a working pipeline must learn them.
 from __future__ import annotations
 
 import csv
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,12 @@ def test_model_is_stored_and_loads_verified(trained):
         "pr_curves.json",
     }
     assert Manifest.read(stored.path).models["best"].epoch == result.manifest.models["best"].epoch
+    names = np.load(stored.path / artifacts.RECORDS)["names"]
+    with zipfile.ZipFile(stored.path / artifacts.THUMBNAILS) as zf:
+        members = zf.namelist()
+        assert len(members) == len(names) == 64  # 64 good images; broken/unlabelled/missing left out
+        with Image.open(io.BytesIO(zf.read(members[0]))) as thumb:
+            assert max(thumb.size) <= artifacts.THUMBNAIL_SIZE
 
 
 def test_bad_inputs_are_reported_not_fatal(trained):
