@@ -112,12 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train on the bundled sample and predict")
     _add_train_args(p)
     p.set_defaults(func=cmd_demo, minutes=1.0)
-    try:
-        from service import cli as service_cli
-    except ImportError:  # pragma: no cover - service extras missing
-        service_cli = None
-    if service_cli is not None:
-        service_cli.register(sub)
+    from service import cli as service_cli
+    from training import inspect_cli
+
+    service_cli.register(sub)
+    inspect_cli.register(sub)
     return parser
 
 

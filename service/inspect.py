@@ -1,0 +1,736 @@
+"""Inspect a trained model from the per-image scores stored with it: no re-inference, no torch.
+
+`ModelRecords.load(model_dir, manifest)` reads `records.npz` once; every function below then takes
+(records, which = best | last, split = train | validation, thresholds (L,)) and answers from numpy:
+statistics (`split_metrics`, the same numbers as at training time), PR curves with the operating point,
+filtered / sorted / paginated predictions, best-vs-last differences, confusion counts, label pairs and
+likely-mislabelled images. `Inspector` bundles a stored model, its records and its custom thresholds
+for the service and the CLI; `Inspector.query(endpoint, params)` turns an HTTP query string into one
+of its calls, so each endpoint is a thin wrapper.
+
+Correctness (the product's definitions): a label is *above* when ``score >= threshold``; a
+ground-truth label above its threshold and a non-ground-truth label below it are correct, the other
+two cases incorrect; an image is incorrect when any of its labels is.
+
+Filters act on the label set S = every label, or only ``label`` when one is given:
+
+- ``all``: every image of the split (``label`` only narrows the sort key);
+- ``correct`` / ``incorrect``: every label of S is correct / at least one label of S is incorrect
+  (without ``label``: the image-level verdict);
+- ``above``: at least one label of S is above its threshold (the image has a predicted label);
+- ``below``: no label of S is above its threshold (without ``label``: the image gets no label).
+  "At least one label below" would match nearly every image once there are two labels, so ``below``
+  is the complement of ``above`` for every S: the two filters always partition the split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from service import custom_thresholds
+from service.errors import ManifestError, ManylabelError, ThresholdError
+from service.manifest import WHICH_MODELS, Manifest, SplitMetrics
+from service.metrics import pr_curves, split_metrics
+
+logger = logging.getLogger(__name__)
+
+RECORDS_FILE = "records.npz"
+THUMBNAILS_FILE = "thumbnails.zip"
+SPLITS = ("train", "validation")
+FILTERS = ("all", "correct", "incorrect", "above", "below")
+SORTS = ("row", "name", "score", "wrong")  # row/name ascending, score/wrong descending by default
+PROFILES = ("optimized", "custom", "high_precision", "high_recall")
+VIEWS = ("basic", "advanced")
+MAX_PAGE_SIZE = 500
+
+
+class InspectError(ManylabelError):
+    """A bad inspect argument (HTTP 400), or an image that is not there (404), naming the field."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": str(self), "field": self.field}
+
+
+def _choice(field: str, value: object, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InspectError(f"{field}: {value!r} is not one of {list(choices)}", field=field)
+    return str(value)
+
+
+# --- the stored per-image records -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ModelRecords:
+    """Per-image ground truth and scores of a stored model; rows are train images, then validation."""
+
+    labels: list[str]
+    names: np.ndarray  # (n,) str, image paths relative to the training folder
+    split: np.ndarray  # (n,) "train" | "validation"
+    y_true: np.ndarray  # (n, L) bool
+    scores: dict[str, np.ndarray]  # which -> (n, L) float in [0, 1]
+    oof: dict[str, np.ndarray] = field(default_factory=dict)  # which -> (n, L), NaN on validation rows
+    thumbnails: Path | None = None  # zip with member f"{row:06d}.jpg"
+    _zip: zipfile.ZipFile | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _stats: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        n, n_labels = self.y_true.shape
+        arrays = {"names": self.names, "split": self.split, **self.scores, **self.oof}
+        bad = [k for k, a in arrays.items() if a.shape[0] != n or (a.ndim == 2 and a.shape[1] != n_labels)]
+        if bad or n_labels != len(self.labels):
+            raise ManifestError(
+                f"records: {bad or 'y_true'} do not match {n} images × {len(self.labels)} labels"
+            )
+        self._index = {
+            (str(s), str(name)): row for row, (s, name) in enumerate(zip(self.split, self.names, strict=True))
+        }
+
+    @classmethod
+    def load(cls, model_dir: Path, manifest: Manifest) -> ModelRecords:
+        path = Path(model_dir) / RECORDS_FILE
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ManifestError(f"{path} is missing or unreadable ({exc}): retrain this model") from exc
+        thumbs = Path(model_dir) / THUMBNAILS_FILE
+        return cls(
+            labels=list(manifest.labels),
+            names=data["names"].astype(str),
+            split=data["split"].astype(str),
+            y_true=data["y_true"].astype(bool),
+            # float32 as stored: half the memory, and split_metrics widens to float64 exactly as training did
+            scores={w: data[f"scores_{w}"] for w in WHICH_MODELS},
+            oof={w: data[f"oof_{w}"] for w in WHICH_MODELS if f"oof_{w}" in data},
+            thumbnails=thumbs if thumbs.is_file() else None,
+        )
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == _choice("split", split, SPLITS))
+
+    def view(self, which: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, y_true, scores) of one split for the best or last model."""
+        rows = self.rows(split)
+        return rows, self.y_true[rows], self.scores[_choice("model", which, WHICH_MODELS)][rows]
+
+    def label_index(self, label: str | None) -> int | None:
+        if label is None:
+            return None
+        if label not in self.labels:
+            raise InspectError(
+                f"label: unknown label {label!r}; the model's labels are {self.labels}", field="label"
+            )
+        return self.labels.index(label)
+
+    def thumbnail(self, split: str, name: str) -> bytes:
+        """The stored JPEG thumbnail of one train/validation image, looked up by name (never a path)."""
+        _choice("split", split, SPLITS)
+        row = self._index.get((split, name)) if isinstance(name, str) else None
+        if row is None:
+            raise InspectError(
+                f"name: no {split} image is named {str(name)[:200]!r}", field="name", status=404
+            )
+        if self.thumbnails is None:
+            raise InspectError("this model was stored without thumbnails", field="name", status=404)
+        with self._lock:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.thumbnails)
+            try:
+                return self._zip.read(f"{row:06d}.jpg")
+            except KeyError:
+                msg = f"name: {name!r} has no thumbnail (its image could not be read)"
+                raise InspectError(msg, field="name", status=404) from None
+
+    def statistics(self, which: str, split: str, thresholds: np.ndarray, *, loss: float | None = None):
+        """`split_metrics` of one split, memoised on the thresholds (the UI asks again and again)."""
+        key = (which, split, np.asarray(thresholds, np.float64).tobytes(), loss)
+        hit = self._stats.get(key)
+        if hit is None:
+            _, y, s = self.view(which, split)
+            hit = split_metrics(y, s, thresholds, self.labels, loss=loss)
+            with self._lock:
+                self._stats[key] = hit
+                while len(self._stats) > 32:
+                    self._stats.popitem(last=False)
+        return hit
+
+
+# --- thresholds -------------------------------------------------------------------------------------
+
+
+class Thresholds(NamedTuple):
+    profile: str  # the base the values came from: optimized | custom | high_precision | high_recall
+    values: np.ndarray  # (L,) float64
+    overridden: tuple[str, ...] = ()  # labels changed by this request's threshold / thresholds
+
+
+def resolve_thresholds(
+    manifest: Manifest,
+    which: str,
+    *,
+    profile: str | None = None,
+    custom: custom_thresholds.CustomThresholds | None = None,
+    threshold: object = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Thresholds:
+    """The thresholds one request uses, aligned with ``manifest.labels``.
+
+    Base: ``profile`` (``optimized``: the manifest's max-F1 values; ``custom``: those overridden by the
+    persisted custom values; ``high_precision`` / ``high_recall``: the training-time profiles); no
+    profile means ``custom`` when any custom value is set for ``which``, else ``optimized``. Then
+    ``threshold`` replaces every label, then ``overrides`` the labels it names. ThresholdError for an
+    unknown label or a value that is not a number in [0, 1].
+    """
+    which = _choice("model", which, WHICH_MODELS)
+    if profile is None:
+        profile = "custom" if custom is not None and custom.values(which) else "optimized"
+    profile = _choice("profile", profile, PROFILES)
+    entry = manifest.models[which]
+    if profile == "optimized":
+        values = list(entry.thresholds)
+    elif profile == "custom":
+        values = custom_thresholds.effective(manifest, which, custom)
+    elif profile in entry.profiles:
+        values = list(entry.profiles[profile])
+    else:
+        raise InspectError(f"profile: this model has no {profile!r} thresholds (retrain it)", field="profile")
+    changed: list[str] = []
+    if threshold is not None:
+        values = [custom_thresholds.check_threshold("threshold", threshold)] * len(values)
+        changed = list(manifest.labels)
+    if overrides:
+        checked = custom_thresholds.check_values(manifest, overrides)
+        index = {label: i for i, label in enumerate(manifest.labels)}
+        for label, value in checked.items():
+            values[index[label]] = value
+        changed += [label for label in checked if label not in changed]
+    return Thresholds(profile, np.asarray(values, dtype=np.float64), tuple(changed))
+
+
+# --- statistics, curves, confusion ------------------------------------------------------------------
+
+
+def confusion(records: ModelRecords, which: str, split: str, thresholds: np.ndarray) -> dict[str, dict]:
+    """label -> {tp, fp, fn, tn} image counts at ``thresholds``."""
+    _, y, s = records.view(which, split)
+    above = s >= thresholds
+    counts = {
+        k: m.sum(0)
+        for k, m in {"tp": above & y, "fp": above & ~y, "fn": ~above & y, "tn": ~above & ~y}.items()
+    }
+    return {label: {k: int(v[j]) for k, v in counts.items()} for j, label in enumerate(records.labels)}
+
+
+def curves(
+    records: ModelRecords,
+    which: str,
+    split: str,
+    thresholds: np.ndarray,
+    *,
+    label: str | None = None,
+    max_points: int = 200,
+) -> dict:
+    """``metrics.pr_curves`` of one split: {"all": curve, "per_label": {...}}; one label: "all" is None."""
+    _, y, s = records.view(which, split)
+    j = records.label_index(label)
+    if not 3 <= max_points <= 5000:
+        raise InspectError(f"max_points: {max_points} is not in [3, 5000]", field="max_points")
+    if j is None:
+        return pr_curves(y, s, records.labels, thresholds, max_points=max_points)
+    one = pr_curves(y[:, [j]], s[:, [j]], [label], thresholds[[j]], max_points=max_points)
+    return {"all": None, "per_label": one["per_label"]}
+
+
+# --- predictions ------------------------------------------------------------------------------------
+
+
+def _label_set(records: ModelRecords, label: str | None) -> slice | list[int]:
+    j = records.label_index(label)
+    return slice(None) if j is None else [j]
+
+
+def select(
+    records: ModelRecords,
+    which: str,
+    split: str,
+    thresholds: np.ndarray,
+    *,
+    filter: str = "all",
+    label: str | None = None,
+) -> np.ndarray:
+    """Record rows of ``split`` kept by ``filter`` on the label set S (see the module docstring)."""
+    _choice("filter", filter, FILTERS)
+    rows, y, s = records.view(which, split)
+    cols = _label_set(records, label)
+    above = (s >= thresholds)[:, cols]
+    correct = above == y[:, cols]
+    keep = {
+        "all": np.ones(len(rows), bool),
+        "correct": correct.all(1),
+        "incorrect": ~correct.all(1),
+        "above": above.any(1),
+        "below": ~above.any(1),
+    }[filter]
+    return rows[keep]
+
+
+def _sort_key(records: ModelRecords, which: str, rows: np.ndarray, thresholds, sort: str, cols) -> np.ndarray:
+    if sort == "row":
+        return rows
+    if sort == "name":
+        return records.names[rows]
+    y, s = records.y_true[rows][:, cols], records.scores[which][rows][:, cols]
+    if sort == "score":
+        return s.max(1)
+    # "wrong": the largest |y - score| over incorrect labels (1 + gap), correct images after (gap alone)
+    wrong = (s >= thresholds[cols]) != y
+    return (np.abs(y - s) + wrong).max(1)
+
+
+def _item(records: ModelRecords, which: str, row: int, thresholds: np.ndarray, view: str) -> dict:
+    y, s = records.y_true[row], records.scores[which][row]
+    above = s >= thresholds
+    predicted = [lab for lab, a in zip(records.labels, above, strict=True) if a]
+    item = {
+        "row": int(row),
+        "name": str(records.names[row]),
+        "split": str(records.split[row]),
+        "correct": bool((above == y).all()),
+        "true": [lab for lab, t in zip(records.labels, y, strict=True) if t],
+        "predicted": predicted,
+        "scores": {lab: float(s[records.labels.index(lab)]) for lab in predicted},
+    }
+    if view == "advanced":
+        item["labels"] = {
+            lab: {
+                "score": float(s[j]),
+                "threshold": float(thresholds[j]),
+                "above": bool(above[j]),
+                "true": bool(y[j]),
+                "correct": bool(above[j] == y[j]),
+            }
+            for j, lab in enumerate(records.labels)
+        }
+    return item
+
+
+def predictions(
+    records: ModelRecords,
+    which: str,
+    split: str,
+    thresholds: np.ndarray,
+    *,
+    filter: str = "all",
+    label: str | None = None,
+    sort: str = "row",
+    order: str | None = None,
+    page: int = 1,
+    page_size: int = 50,
+    view: str = "advanced",
+) -> dict:
+    """One page of the filtered, sorted predictions of a split.
+
+    ``sort``: ``row`` (records order), ``name``, ``score`` (the highest score over S) or ``wrong`` (the
+    largest |truth - score| over the incorrect labels of S, images with no incorrect label after);
+    ``order`` ``asc`` | ``desc`` (default asc for row/name, desc for score/wrong); ties keep row order.
+    ``page`` counts from 1; a page past the end is empty. ``view``: ``basic`` items carry the predicted
+    labels and their scores, ``advanced`` adds every label's score, threshold, above, true and correct.
+    """
+    _choice("sort", sort, SORTS)
+    _choice("view", view, VIEWS)
+    order = order or ("desc" if sort in ("score", "wrong") else "asc")
+    _choice("order", order, ("asc", "desc"))
+    if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+        raise InspectError(f"page: {page!r} must be an integer >= 1", field="page")
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InspectError(
+            f"page_size: {page_size!r} must be an integer in [1, {MAX_PAGE_SIZE}]", field="page_size"
+        )
+    rows = select(records, which, split, thresholds, filter=filter, label=label)
+    key = _sort_key(records, which, rows, thresholds, sort, _label_set(records, label))
+    ranked = rows[np.argsort(key, kind="stable")]
+    if order == "desc":  # reverse the key, not the result, so ties still keep row order
+        ranked = rows[np.lexsort((rows, -key))] if key.dtype.kind == "f" else ranked[::-1]
+    start = (page - 1) * page_size
+    return {
+        "split": split,
+        "filter": filter,
+        "label": label,
+        "sort": sort,
+        "order": order,
+        "page": page,
+        "page_size": page_size,
+        "total": int(rows.size),
+        "pages": math.ceil(rows.size / page_size),
+        "items": [_item(records, which, r, thresholds, view) for r in ranked[start : start + page_size]],
+    }
+
+
+# --- beyond the anchors: best vs last, pairs, mislabelled -------------------------------------------
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def diff(records: ModelRecords, split: str, thresholds: Mapping[str, np.ndarray], *, limit: int = 20) -> dict:
+    """Best vs last on one split, each at its own thresholds; deltas are last - best.
+
+    Per label: AP, F1, and the images whose verdict (above / below) changes, split into ``fixed``
+    (wrong with best, right with last) and ``broken``; per image: the image-level verdicts that change.
+    """
+    rows, y, _ = records.view("best", split)
+    above = {w: records.scores[w][rows] >= thresholds[w] for w in WHICH_MODELS}
+    right = {w: above[w] == y for w in WHICH_MODELS}
+    stats = {w: records.statistics(w, split, thresholds[w]) for w in WHICH_MODELS}
+    names = records.names[rows]
+
+    def listed(mask: np.ndarray) -> list[str]:
+        return [str(n) for n in names[mask][: _count("limit", limit)]]
+
+    per_label = {}
+    for j, label in enumerate(records.labels):
+        b, la = stats["best"].per_label[label], stats["last"].per_label[label]
+        fixed, broken = ~right["best"][:, j] & right["last"][:, j], right["best"][:, j] & ~right["last"][:, j]
+        per_label[label] = {
+            "ap_best": b.ap,
+            "ap_last": la.ap,
+            "delta_ap": _delta(b.ap, la.ap),
+            "f1_best": b.f1,
+            "f1_last": la.f1,
+            "delta_f1": la.f1 - b.f1,
+            "changed": int((fixed | broken).sum()),
+            "fixed": listed(fixed),
+            "broken": listed(broken),
+        }
+    img_b, img_l = right["best"].all(1), right["last"].all(1)
+    return {
+        "split": split,
+        "map": {
+            "best": stats["best"].map,
+            "last": stats["last"].map,
+            "delta": _delta(stats["best"].map, stats["last"].map),
+        },
+        "accuracy": {"best": stats["best"].accuracy, "last": stats["last"].accuracy},
+        "per_label": per_label,
+        "images": {
+            "fixed": int((~img_b & img_l).sum()),
+            "broken": int((img_b & ~img_l).sum()),
+            "fixed_names": listed(~img_b & img_l),
+            "broken_names": listed(img_b & ~img_l),
+        },
+    }
+
+
+def label_pairs(
+    records: ModelRecords, which: str, split: str, thresholds: np.ndarray, *, top: int = 10
+) -> dict:
+    """The label pairs most often confused and most often co-occurring in the ground truth.
+
+    ``confused``: images where ``true`` is missed (false negative) while ``predicted`` is wrongly
+    given (false positive), most frequent first. ``co_occurring``: images labelled with both, with the
+    Jaccard index of the two label sets.
+    """
+    _, y, s = records.view(which, split)
+    above = s >= thresholds
+    yi, fn, fp = y.astype(np.int64), (y & ~above).astype(np.int64), (~y & above).astype(np.int64)
+    confused, together, count = fn.T @ fp, yi.T @ yi, yi.sum(0)
+    np.fill_diagonal(confused, 0)
+    labels = records.labels
+    return {
+        "confused": [
+            {"true": labels[a], "predicted": labels[b], "images": c} for c, a, b in _top(confused, top)
+        ],
+        "co_occurring": [
+            {"labels": [labels[a], labels[b]], "images": c, "jaccard": c / int(count[a] + count[b] - c)}
+            for c, a, b in _top(np.triu(together, 1), top)
+        ],
+    }
+
+
+def _top(counts: np.ndarray, top: int) -> list[tuple[int, int, int]]:
+    """(count, a, b) of the ``top`` non-zero cells, largest first, ties in label order."""
+    a, b = np.nonzero(counts)
+    order = np.lexsort((b, a, -counts[a, b]))[: _count("top", top)]
+    return [(int(counts[a[k], b[k]]), int(a[k]), int(b[k])) for k in order]
+
+
+def _count(field: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InspectError(f"{field}: {value!r} must be an integer >= 0", field=field)
+    return value
+
+
+def mislabel_candidates(
+    records: ModelRecords, which: str, *, split: str | None = None, limit: int = 50, min_gap: float = 0.5
+) -> list[dict]:
+    """(image, label) pairs whose score contradicts the given label, most contradictory first.
+
+    The score is one the model did not learn the image from: out-of-fold for train rows (the model's
+    own score, flagged ``source: "train (seen)"``, when folds were disabled), the model's score for
+    validation rows. ``gap = |truth - score|``; pairs with ``gap >= min_gap`` are kept. A high score on
+    an unlabelled label suggests ``missing label?``, a low score on a given label ``spurious label?``.
+    """
+    _choice("model", which, WHICH_MODELS)
+    _count("limit", limit)
+    if not 0.0 <= min_gap <= 1.0:
+        raise InspectError(f"min_gap: {min_gap!r} is not in [0, 1]", field="min_gap")
+    rows = np.arange(len(records.names)) if split is None else records.rows(split)
+    p = records.scores[which][rows].copy()
+    source = np.where(records.split[rows] == "train", "train (seen)", "validation").astype(object)
+    oof = records.oof.get(which)
+    if oof is not None:
+        known = np.isfinite(oof[rows]).all(1)
+        p[known] = oof[rows][known]
+        source[known] = "out-of-fold"
+    y = records.y_true[rows]
+    gap = np.abs(y - np.clip(p, 0.0, 1.0))
+    r, j = np.nonzero(gap >= min_gap)
+    order = np.lexsort((j, r, -gap[r, j]))[:limit]
+    return [
+        {
+            "row": int(rows[r[k]]),
+            "name": str(records.names[rows[r[k]]]),
+            "split": str(records.split[rows[r[k]]]),
+            "label": records.labels[j[k]],
+            "given": bool(y[r[k], j[k]]),
+            "score": float(p[r[k], j[k]]),
+            "gap": float(gap[r[k], j[k]]),
+            "source": str(source[r[k]]),
+            "suggestion": "spurious label?" if y[r[k], j[k]] else "missing label?",
+        }
+        for k in order
+    ]
+
+
+# --- one stored model, for the service and the CLI --------------------------------------------------
+
+
+def _as_int(field: str, value: object) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InspectError(f"{field}: {value!r} is not an integer", field=field) from None
+
+
+def _as_float(field: str, value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InspectError(
+            f"{field}: {value!r} is not a number; give a number in [0, 1]", field=field
+        ) from None
+
+
+def _as_object(field: str, value: object) -> dict:
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InspectError(
+            f'{field}: {value!r} is not a JSON object label -> threshold, e.g. {{"cat": 0.4}}', field=field
+        )
+    return parsed
+
+
+# query parameter -> (keyword argument, parser); "model" is best | last, as in POST /predict
+_THRESHOLD_PARAMS = {
+    "model": ("which", str),
+    "profile": ("profile", str),
+    "threshold": ("threshold", _as_float),
+    "thresholds": ("thresholds", _as_object),
+}
+_SPLIT = {"split": ("split", str)}
+_QUERY = {
+    "stats": {**_THRESHOLD_PARAMS, **_SPLIT},
+    "pr_curve": {
+        **_THRESHOLD_PARAMS,
+        **_SPLIT,
+        "label": ("label", str),
+        "max_points": ("max_points", _as_int),
+    },
+    "predictions": {
+        **_THRESHOLD_PARAMS,
+        **_SPLIT,
+        **{k: (k, str) for k in ("filter", "label", "sort", "order", "view")},
+        **{k: (k, _as_int) for k in ("page", "page_size")},
+    },
+    "diff": {**_SPLIT, "profile": ("profile", str), "limit": ("limit", _as_int)},
+    "pairs": {**_THRESHOLD_PARAMS, **_SPLIT, "top": ("top", _as_int)},
+    "mislabelled": {
+        "model": ("which", str),
+        **_SPLIT,
+        "limit": ("limit", _as_int),
+        "min_gap": ("min_gap", _as_float),
+    },
+}
+
+
+class Inspector:
+    """A stored model's records and custom thresholds, answering the inspect questions as JSON-ready dicts.
+
+    Every answer names the model, which model, the threshold profile and the thresholds it used.
+    Threshold arguments, shared by every method that applies thresholds: ``profile`` (see
+    `resolve_thresholds`; default the custom values once set), ``threshold`` (one value for every
+    label) and ``thresholds`` (label -> value), applied for this call only.
+    """
+
+    def __init__(self, model_dir: Path, manifest: Manifest, *, tag: str | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest = manifest
+        self.tag = tag or manifest.name
+        self.records = ModelRecords.load(self.model_dir, manifest)
+        self.custom = custom_thresholds.ThresholdFile(self.model_dir, manifest)
+
+    @classmethod
+    def from_stored(cls, stored) -> Inspector:
+        """From a `service.store.StoredModel`."""
+        return cls(stored.path, stored.manifest, tag=stored.tag)
+
+    def thresholds(
+        self, which: str = "best", *, profile: str | None = None, threshold: object = None, thresholds=None
+    ) -> Thresholds:
+        custom = self.custom.custom()
+        return resolve_thresholds(
+            self.manifest, which, profile=profile, custom=custom, threshold=threshold, overrides=thresholds
+        )
+
+    def _head(self, which: str, t: Thresholds) -> dict:
+        return {
+            "model": self.tag,
+            "which": which,
+            "profile": t.profile,
+            "overridden": list(t.overridden),
+            "thresholds": dict(zip(self.manifest.labels, t.values.tolist(), strict=True)),
+        }
+
+    def statistics(self, which: str, split: str, t: Thresholds) -> SplitMetrics:
+        entry = self.manifest.models[which]
+        loss = entry.metrics[split].loss if split in entry.metrics else None
+        return self.records.statistics(which, split, t.values, loss=loss)
+
+    def stats(self, which: str = "best", split: str | None = None, **th: Any) -> dict:
+        """Statistics of one split, or of train and validation, with per-label confusion counts."""
+        t = self.thresholds(which, **th)
+        splits = SPLITS if split is None else (_choice("split", split, SPLITS),)
+        out = {}
+        for s in splits:
+            out[s] = self.statistics(which, s, t).model_dump()
+            out[s]["confusion"] = confusion(self.records, which, s, t.values)
+        return {**self._head(which, t), "splits": out}
+
+    def pr_curve(
+        self,
+        which: str = "best",
+        split: str = "validation",
+        *,
+        label: str | None = None,
+        max_points: int = 200,
+        **th: Any,
+    ) -> dict:
+        t = self.thresholds(which, **th)
+        c = curves(self.records, which, split, t.values, label=label, max_points=max_points)
+        return {**self._head(which, t), "split": split, "label": label, **c}
+
+    def predictions(self, which: str = "best", split: str = "validation", **kw: Any) -> dict:
+        th = {k: kw.pop(k) for k in ("profile", "threshold", "thresholds") if k in kw}
+        t = self.thresholds(which, **th)
+        return {**self._head(which, t), **predictions(self.records, which, split, t.values, **kw)}
+
+    def diff(self, split: str = "validation", *, profile: str | None = None, limit: int = 20) -> dict:
+        """Best vs last, each at its own thresholds of ``profile``."""
+        ts = {w: self.thresholds(w, profile=profile) for w in WHICH_MODELS}
+        d = diff(
+            self.records, _choice("split", split, SPLITS), {w: t.values for w, t in ts.items()}, limit=limit
+        )
+        return {"model": self.tag, "profile": {w: t.profile for w, t in ts.items()}, **d}
+
+    def pairs(self, which: str = "best", split: str = "validation", *, top: int = 10, **th: Any) -> dict:
+        t = self.thresholds(which, **th)
+        return {
+            **self._head(which, t),
+            "split": split,
+            **label_pairs(self.records, which, split, t.values, top=top),
+        }
+
+    def mislabelled(
+        self, which: str = "best", split: str | None = None, *, limit: int = 50, min_gap: float = 0.5
+    ) -> dict:
+        items = mislabel_candidates(self.records, which, split=split, limit=limit, min_gap=min_gap)
+        return {"model": self.tag, "which": which, "split": split, "min_gap": min_gap, "items": items}
+
+    def image(self, split: str, name: str) -> bytes:
+        """JPEG bytes of a train/validation image's thumbnail (InspectError 404 when unknown)."""
+        return self.records.thumbnail(split, name)
+
+    def custom_state(self) -> dict:
+        """The persisted custom thresholds and the thresholds in force, for best and last."""
+        return {"model": self.tag, **self.custom.describe()}
+
+    def update_thresholds(self, body: Mapping[str, Any]) -> dict:
+        """Persist a change: ``{"model": "best"|"last"|"both", and one of "set": {label: value},
+        "all": value, "reset": true | [labels]}``; answers `custom_state()`. Default model: best."""
+        if not isinstance(body, Mapping):
+            raise InspectError("body: expected a JSON object", field="body")
+        unknown = sorted(set(body) - {"model", "set", "all", "reset"})
+        if unknown:
+            raise InspectError(
+                f"body: unknown fields {unknown}; use model and one of set, all, reset", field=unknown[0]
+            )
+        actions = [k for k in ("set", "all", "reset") if body.get(k) not in (None, False)]
+        if len(actions) != 1:
+            raise InspectError("body: give exactly one of set, all, reset", field="body")
+        which = _choice("model", body.get("model", "best"), (*WHICH_MODELS, custom_thresholds.BOTH))
+        try:
+            if actions == ["set"]:
+                self.custom.set_values(body["set"], which=which)
+            elif actions == ["all"]:
+                self.custom.set_all(body["all"], which=which)
+            else:
+                labels = body["reset"]
+                if labels is not True and not (
+                    isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+                ):
+                    raise InspectError("reset: give true or a list of labels", field="reset")
+                which = which if "model" in body else custom_thresholds.BOTH
+                self.custom.reset(which=which, labels=None if labels is True else labels)
+        except ThresholdError as exc:
+            raise InspectError(str(exc), field=actions[0]) from exc
+        return self.custom_state()
+
+    def query(self, endpoint: str, params: Mapping[str, str]) -> dict:
+        """Answer ``GET /{endpoint}?{params}`` (string values, as in a query string)."""
+        spec = _QUERY.get(endpoint)
+        if spec is None:
+            raise InspectError(f"unknown inspect endpoint {endpoint!r}", status=404)
+        params = {k: v for k, v in params.items() if v != ""}  # an empty form field means "not given"
+        unknown = sorted(set(params) - set(spec))
+        if unknown:
+            raise InspectError(f"{unknown[0]}: unknown parameter; expected {sorted(spec)}", field=unknown[0])
+        kwargs = {spec[k][0]: spec[k][1](k, v) if spec[k][1] is not str else v for k, v in params.items()}
+        try:
+            return getattr(self, endpoint)(**kwargs)
+        except ThresholdError as exc:
+            field = str(exc).split(":", 1)[0].split("[", 1)[0]
+            raise InspectError(
+                str(exc), field=field if field in ("threshold", "thresholds") else "thresholds"
+            ) from exc
