@@ -4,9 +4,7 @@
 (records, which = best | last, split = train | validation, thresholds (L,)) and answers from numpy:
 statistics (`split_metrics`, the same numbers as at training time), PR curves with the operating point,
 filtered / sorted / paginated predictions, best-vs-last differences, confusion counts, label pairs and
-likely-mislabelled images. `Inspector` bundles a stored model, its records and its custom thresholds
-for the service and the CLI; `Inspector.query(endpoint, params)` turns an HTTP query string into one
-of its calls, so each endpoint is a thin wrapper.
+likely-mislabelled images. `service.inspector.Inspector` bundles them for the service and the CLI.
 
 Correctness (the product's definitions): a label is *above* when ``score >= threshold``; a
 ground-truth label above its threshold and a non-ground-truth label below it are correct, the other
@@ -25,7 +23,6 @@ Filters act on the label set S = every label, or only ``label`` when one is give
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -39,8 +36,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from service import custom_thresholds
-from service.errors import ManifestError, ManylabelError, ThresholdError
-from service.manifest import WHICH_MODELS, Manifest, SplitMetrics
+from service.errors import ManifestError, ManylabelError
+from service.manifest import WHICH_MODELS, Manifest
 from service.metrics import pr_curves, split_metrics
 
 logger = logging.getLogger(__name__)
@@ -67,7 +64,7 @@ class InspectError(ManylabelError):
         return {"error": str(self), "field": self.field}
 
 
-def _choice(field: str, value: object, choices: Sequence[str]) -> str:
+def check_choice(field: str, value: object, choices: Sequence[str]) -> str:
     if value not in choices:
         raise InspectError(f"{field}: {value!r} is not one of {list(choices)}", field=field)
     return str(value)
@@ -124,12 +121,12 @@ class ModelRecords:
         )
 
     def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.split == _choice("split", split, SPLITS))
+        return np.flatnonzero(self.split == check_choice("split", split, SPLITS))
 
     def view(self, which: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, y_true, scores) of one split for the best or last model."""
         rows = self.rows(split)
-        return rows, self.y_true[rows], self.scores[_choice("model", which, WHICH_MODELS)][rows]
+        return rows, self.y_true[rows], self.scores[check_choice("model", which, WHICH_MODELS)][rows]
 
     def label_index(self, label: str | None) -> int | None:
         if label is None:
@@ -142,7 +139,7 @@ class ModelRecords:
 
     def thumbnail(self, split: str, name: str) -> bytes:
         """The stored JPEG thumbnail of one train/validation image, looked up by name (never a path)."""
-        _choice("split", split, SPLITS)
+        check_choice("split", split, SPLITS)
         row = self._index.get((split, name)) if isinstance(name, str) else None
         if row is None:
             raise InspectError(
@@ -199,10 +196,10 @@ def resolve_thresholds(
     ``threshold`` replaces every label, then ``overrides`` the labels it names. ThresholdError for an
     unknown label or a value that is not a number in [0, 1].
     """
-    which = _choice("model", which, WHICH_MODELS)
+    which = check_choice("model", which, WHICH_MODELS)
     if profile is None:
         profile = "custom" if custom is not None and custom.values(which) else "optimized"
-    profile = _choice("profile", profile, PROFILES)
+    profile = check_choice("profile", profile, PROFILES)
     entry = manifest.models[which]
     if profile == "optimized":
         values = list(entry.thresholds)
@@ -277,7 +274,7 @@ def select(
     label: str | None = None,
 ) -> np.ndarray:
     """Record rows of ``split`` kept by ``filter`` on the label set S (see the module docstring)."""
-    _choice("filter", filter, FILTERS)
+    check_choice("filter", filter, FILTERS)
     rows, y, s = records.view(which, split)
     cols = _label_set(records, label)
     above = (s >= thresholds)[:, cols]
@@ -354,10 +351,10 @@ def predictions(
     ``page`` counts from 1; a page past the end is empty. ``view``: ``basic`` items carry the predicted
     labels and their scores, ``advanced`` adds every label's score, threshold, above, true and correct.
     """
-    _choice("sort", sort, SORTS)
-    _choice("view", view, VIEWS)
+    check_choice("sort", sort, SORTS)
+    check_choice("view", view, VIEWS)
     order = order or ("desc" if sort in ("score", "wrong") else "asc")
-    _choice("order", order, ("asc", "desc"))
+    check_choice("order", order, ("asc", "desc"))
     if isinstance(page, bool) or not isinstance(page, int) or page < 1:
         raise InspectError(f"page: {page!r} must be an integer >= 1", field="page")
     if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -489,7 +486,7 @@ def mislabel_candidates(
     validation rows. ``gap = |truth - score|``; pairs with ``gap >= min_gap`` are kept. A high score on
     an unlabelled label suggests ``missing label?``, a low score on a given label ``spurious label?``.
     """
-    _choice("model", which, WHICH_MODELS)
+    check_choice("model", which, WHICH_MODELS)
     _count("limit", limit)
     if not 0.0 <= min_gap <= 1.0:
         raise InspectError(f"min_gap: {min_gap!r} is not in [0, 1]", field="min_gap")
@@ -519,218 +516,3 @@ def mislabel_candidates(
         }
         for k in order
     ]
-
-
-# --- one stored model, for the service and the CLI --------------------------------------------------
-
-
-def _as_int(field: str, value: object) -> int:
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InspectError(f"{field}: {value!r} is not an integer", field=field) from None
-
-
-def _as_float(field: str, value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InspectError(
-            f"{field}: {value!r} is not a number; give a number in [0, 1]", field=field
-        ) from None
-
-
-def _as_object(field: str, value: object) -> dict:
-    try:
-        parsed = json.loads(value) if isinstance(value, str) else value
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise InspectError(
-            f'{field}: {value!r} is not a JSON object label -> threshold, e.g. {{"cat": 0.4}}', field=field
-        )
-    return parsed
-
-
-# query parameter -> (keyword argument, parser); "model" is best | last, as in POST /predict
-_THRESHOLD_PARAMS = {
-    "model": ("which", str),
-    "profile": ("profile", str),
-    "threshold": ("threshold", _as_float),
-    "thresholds": ("thresholds", _as_object),
-}
-_SPLIT = {"split": ("split", str)}
-_QUERY = {
-    "stats": {**_THRESHOLD_PARAMS, **_SPLIT},
-    "pr_curve": {
-        **_THRESHOLD_PARAMS,
-        **_SPLIT,
-        "label": ("label", str),
-        "max_points": ("max_points", _as_int),
-    },
-    "predictions": {
-        **_THRESHOLD_PARAMS,
-        **_SPLIT,
-        **{k: (k, str) for k in ("filter", "label", "sort", "order", "view")},
-        **{k: (k, _as_int) for k in ("page", "page_size")},
-    },
-    "diff": {**_SPLIT, "profile": ("profile", str), "limit": ("limit", _as_int)},
-    "pairs": {**_THRESHOLD_PARAMS, **_SPLIT, "top": ("top", _as_int)},
-    "mislabelled": {
-        "model": ("which", str),
-        **_SPLIT,
-        "limit": ("limit", _as_int),
-        "min_gap": ("min_gap", _as_float),
-    },
-}
-
-
-class Inspector:
-    """A stored model's records and custom thresholds, answering the inspect questions as JSON-ready dicts.
-
-    Every answer names the model, which model, the threshold profile and the thresholds it used.
-    Threshold arguments, shared by every method that applies thresholds: ``profile`` (see
-    `resolve_thresholds`; default the custom values once set), ``threshold`` (one value for every
-    label) and ``thresholds`` (label -> value), applied for this call only.
-    """
-
-    def __init__(self, model_dir: Path, manifest: Manifest, *, tag: str | None = None) -> None:
-        self.model_dir = Path(model_dir)
-        self.manifest = manifest
-        self.tag = tag or manifest.name
-        self.records = ModelRecords.load(self.model_dir, manifest)
-        self.custom = custom_thresholds.ThresholdFile(self.model_dir, manifest)
-
-    @classmethod
-    def from_stored(cls, stored) -> Inspector:
-        """From a `service.store.StoredModel`."""
-        return cls(stored.path, stored.manifest, tag=stored.tag)
-
-    def thresholds(
-        self, which: str = "best", *, profile: str | None = None, threshold: object = None, thresholds=None
-    ) -> Thresholds:
-        custom = self.custom.custom()
-        return resolve_thresholds(
-            self.manifest, which, profile=profile, custom=custom, threshold=threshold, overrides=thresholds
-        )
-
-    def _head(self, which: str, t: Thresholds) -> dict:
-        return {
-            "model": self.tag,
-            "which": which,
-            "profile": t.profile,
-            "overridden": list(t.overridden),
-            "thresholds": dict(zip(self.manifest.labels, t.values.tolist(), strict=True)),
-        }
-
-    def statistics(self, which: str, split: str, t: Thresholds) -> SplitMetrics:
-        entry = self.manifest.models[which]
-        loss = entry.metrics[split].loss if split in entry.metrics else None
-        return self.records.statistics(which, split, t.values, loss=loss)
-
-    def stats(self, which: str = "best", split: str | None = None, **th: Any) -> dict:
-        """Statistics of one split, or of train and validation, with per-label confusion counts."""
-        t = self.thresholds(which, **th)
-        splits = SPLITS if split is None else (_choice("split", split, SPLITS),)
-        out = {}
-        for s in splits:
-            out[s] = self.statistics(which, s, t).model_dump()
-            out[s]["confusion"] = confusion(self.records, which, s, t.values)
-        return {**self._head(which, t), "splits": out}
-
-    def pr_curve(
-        self,
-        which: str = "best",
-        split: str = "validation",
-        *,
-        label: str | None = None,
-        max_points: int = 200,
-        **th: Any,
-    ) -> dict:
-        t = self.thresholds(which, **th)
-        c = curves(self.records, which, split, t.values, label=label, max_points=max_points)
-        return {**self._head(which, t), "split": split, "label": label, **c}
-
-    def predictions(self, which: str = "best", split: str = "validation", **kw: Any) -> dict:
-        th = {k: kw.pop(k) for k in ("profile", "threshold", "thresholds") if k in kw}
-        t = self.thresholds(which, **th)
-        return {**self._head(which, t), **predictions(self.records, which, split, t.values, **kw)}
-
-    def diff(self, split: str = "validation", *, profile: str | None = None, limit: int = 20) -> dict:
-        """Best vs last, each at its own thresholds of ``profile``."""
-        ts = {w: self.thresholds(w, profile=profile) for w in WHICH_MODELS}
-        d = diff(
-            self.records, _choice("split", split, SPLITS), {w: t.values for w, t in ts.items()}, limit=limit
-        )
-        return {"model": self.tag, "profile": {w: t.profile for w, t in ts.items()}, **d}
-
-    def pairs(self, which: str = "best", split: str = "validation", *, top: int = 10, **th: Any) -> dict:
-        t = self.thresholds(which, **th)
-        return {
-            **self._head(which, t),
-            "split": split,
-            **label_pairs(self.records, which, split, t.values, top=top),
-        }
-
-    def mislabelled(
-        self, which: str = "best", split: str | None = None, *, limit: int = 50, min_gap: float = 0.5
-    ) -> dict:
-        items = mislabel_candidates(self.records, which, split=split, limit=limit, min_gap=min_gap)
-        return {"model": self.tag, "which": which, "split": split, "min_gap": min_gap, "items": items}
-
-    def image(self, split: str, name: str) -> bytes:
-        """JPEG bytes of a train/validation image's thumbnail (InspectError 404 when unknown)."""
-        return self.records.thumbnail(split, name)
-
-    def custom_state(self) -> dict:
-        """The persisted custom thresholds and the thresholds in force, for best and last."""
-        return {"model": self.tag, **self.custom.describe()}
-
-    def update_thresholds(self, body: Mapping[str, Any]) -> dict:
-        """Persist a change: ``{"model": "best"|"last"|"both", and one of "set": {label: value},
-        "all": value, "reset": true | [labels]}``; answers `custom_state()`. Default model: best."""
-        if not isinstance(body, Mapping):
-            raise InspectError("body: expected a JSON object", field="body")
-        unknown = sorted(set(body) - {"model", "set", "all", "reset"})
-        if unknown:
-            raise InspectError(
-                f"body: unknown fields {unknown}; use model and one of set, all, reset", field=unknown[0]
-            )
-        actions = [k for k in ("set", "all", "reset") if body.get(k) not in (None, False)]
-        if len(actions) != 1:
-            raise InspectError("body: give exactly one of set, all, reset", field="body")
-        which = _choice("model", body.get("model", "best"), (*WHICH_MODELS, custom_thresholds.BOTH))
-        try:
-            if actions == ["set"]:
-                self.custom.set_values(body["set"], which=which)
-            elif actions == ["all"]:
-                self.custom.set_all(body["all"], which=which)
-            else:
-                labels = body["reset"]
-                if labels is not True and not (
-                    isinstance(labels, list) and all(isinstance(x, str) for x in labels)
-                ):
-                    raise InspectError("reset: give true or a list of labels", field="reset")
-                which = which if "model" in body else custom_thresholds.BOTH
-                self.custom.reset(which=which, labels=None if labels is True else labels)
-        except ThresholdError as exc:
-            raise InspectError(str(exc), field=actions[0]) from exc
-        return self.custom_state()
-
-    def query(self, endpoint: str, params: Mapping[str, str]) -> dict:
-        """Answer ``GET /{endpoint}?{params}`` (string values, as in a query string)."""
-        spec = _QUERY.get(endpoint)
-        if spec is None:
-            raise InspectError(f"unknown inspect endpoint {endpoint!r}", status=404)
-        params = {k: v for k, v in params.items() if v != ""}  # an empty form field means "not given"
-        unknown = sorted(set(params) - set(spec))
-        if unknown:
-            raise InspectError(f"{unknown[0]}: unknown parameter; expected {sorted(spec)}", field=unknown[0])
-        kwargs = {spec[k][0]: spec[k][1](k, v) if spec[k][1] is not str else v for k, v in params.items()}
-        try:
-            return getattr(self, endpoint)(**kwargs)
-        except ThresholdError as exc:
-            field = str(exc).split(":", 1)[0].split("[", 1)[0]
-            raise InspectError(
-                str(exc), field=field if field in ("threshold", "thresholds") else "thresholds"
-            ) from exc

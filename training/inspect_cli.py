@@ -13,7 +13,8 @@ from pathlib import Path
 
 from service import custom_thresholds
 from service.errors import ThresholdError
-from service.inspect import FILTERS, PROFILES, SORTS, SPLITS, Inspector
+from service.inspect import FILTERS, PROFILES, SORTS, SPLITS
+from service.inspector import Inspector
 from service.manifest import WHICH_MODELS
 from training.report import GLOBAL
 

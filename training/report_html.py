@@ -13,7 +13,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from service.inspect import SPLITS, InspectError, Inspector, confusion, curves
+from service.inspect import SPLITS, InspectError, confusion, curves
+from service.inspector import Inspector
 from service.manifest import WHICH_MODELS, atomic_write_bytes
 from service.store import StoredModel
 from training.plots import plot_pr_curves

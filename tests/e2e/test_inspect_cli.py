@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from service import custom_thresholds
-from service.inspect import Inspector
+from service.inspector import Inspector
 from service.metrics import image_correct
 from service.store import load_model
 from training.cli import main

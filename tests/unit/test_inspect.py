@@ -25,7 +25,6 @@ from service import custom_thresholds
 from service.errors import ThresholdError
 from service.inspect import (
     InspectError,
-    Inspector,
     ModelRecords,
     confusion,
     curves,
@@ -36,6 +35,7 @@ from service.inspect import (
     resolve_thresholds,
     select,
 )
+from service.inspector import Inspector
 from service.manifest import Backbone, Manifest, ModelEntry
 from service.metrics import pr_curves, split_metrics
 
