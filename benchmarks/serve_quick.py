@@ -73,13 +73,15 @@ def reference(model_dir: Path, manifest, images: list[bytes], conc: int, seconds
                 latencies.append(time.perf_counter() - t)
             i += conc
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(conc)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    return stats(latencies, time.perf_counter() - start)
+    result = stats(latencies, time.perf_counter() - start)
+    result["cpu_ms_per_image"] = round((time.process_time() - cpu) * 1000 / len(latencies), 2)
+    return result
 
 
 # --- HTTP load ------------------------------------------------------------------------------------
@@ -136,6 +138,21 @@ async def http_load(host: str, port: int, requests: list[bytes], conc: int, seco
     if errors:
         result["first_error"] = errors[0]
     return result
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def start_server(model: str, port: int, extra_env: dict[str, str]) -> subprocess.Popen:
@@ -208,7 +225,11 @@ def main() -> None:
             requests = [encode_request("127.0.0.1", port, f"{i}.jpg", b) for i, b in enumerate(images)]
             asyncio.run(http_load("127.0.0.1", port, requests, 8, 3.0))  # warm-up
             for conc in args.concurrency:
+                server_cpu, client_cpu = tree_cpu_seconds(proc.pid), time.process_time()
                 result = asyncio.run(http_load("127.0.0.1", port, requests, conc, args.seconds))
+                n = max(result["requests"], 1)
+                result["cpu_ms_per_image"] = round((tree_cpu_seconds(proc.pid) - server_cpu) * 1000 / n, 2)
+                result["client_cpu_ms_per_image"] = round((time.process_time() - client_cpu) * 1000 / n, 2)
                 rows.append({"set": name, "concurrency": conc, "kind": "manylabel", **result})
                 print(rows[-1], flush=True)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
@@ -218,8 +239,11 @@ def main() -> None:
     batches = [ln for ln in metrics.splitlines() if ln.startswith("manylabel_batch_size_")]
     print("\n".join(batches[-4:]))
     print(f"\n{platform.processor() or platform.machine()}, {cores} cores\n")
-    print("| images | conc | in-process img/s | p50 / p99 ms | manylabel img/s | p50 / p99 ms | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| images | conc | in-process img/s | p50 / p99 ms | CPU ms/img | manylabel img/s | p50 / p99 ms "
+        "| CPU ms/img | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in data:
         for conc in args.concurrency:
             ref = next(
@@ -233,11 +257,15 @@ def main() -> None:
             ours = next(
                 r for r in rows if r["set"] == name and r["concurrency"] == conc and r["kind"] == "manylabel"
             )
-            ref_txt = f"{ref['images_per_s']} | {ref['p50_ms']} / {ref['p99_ms']}" if ref else "- | -"
+            ref_txt = (
+                f"{ref['images_per_s']} | {ref['p50_ms']} / {ref['p99_ms']} | {ref['cpu_ms_per_image']}"
+                if ref
+                else "- | - | -"
+            )
             ratio = f"{ours['images_per_s'] / ref['images_per_s']:.2f}" if ref else "-"
             print(
                 f"| {name} | {conc} | {ref_txt} | {ours['images_per_s']} | "
-                f"{ours['p50_ms']} / {ours['p99_ms']} | {ratio} |"
+                f"{ours['p50_ms']} / {ours['p99_ms']} | {ours['cpu_ms_per_image']} | {ratio} |"
             )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cores": cores}, indent=1))

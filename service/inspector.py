@@ -208,7 +208,8 @@ class Inspector:
             raise InspectError(
                 f"body: unknown fields {unknown}; use model and one of set, all, reset", field=unknown[0]
             )
-        actions = [k for k in ("set", "all", "reset") if body.get(k) not in (None, False)]
+        # `is not` on purpose: `0 in (None, False)` is True, and {"all": 0} is a valid request.
+        actions = [k for k in ("set", "all", "reset") if body.get(k) is not None and body.get(k) is not False]
         if len(actions) != 1:
             raise InspectError("body: give exactly one of set, all, reset", field="body")
         which = check_choice("model", body.get("model", "best"), (*WHICH_MODELS, custom_thresholds.BOTH))

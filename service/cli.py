@@ -1,0 +1,137 @@
+"""`manylabel predict` and `manylabel serve`: thin CLIs over the predictor and `bentoml serve`.
+
+`register(subparsers)` adds both to the main `manylabel` parser; `python -m service.cli` runs them
+alone (no torch, no training code needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from service.errors import ManylabelError
+
+SERVICE_IMPORT = "service.service:ManyLabel"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `predict` and `serve` subcommands."""
+    p = subparsers.add_parser(
+        "predict",
+        help="score images in-process, no server (same code and scores as the service)",
+        description="Score images with a stored model and write json, csv or zip predictions.",
+    )
+    p.add_argument("--model", required=True, help="model name in the BentoML store (NAME or NAME:VERSION)")
+    p.add_argument("--version", default=None, help="store version (default: latest)")
+    p.add_argument("--which", choices=("best", "last"), default="best", help="which exported model")
+    p.add_argument("--images", nargs="+", required=True, type=Path, help="image files, folders or .zip files")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, help="one threshold for every label, in [0, 1]")
+    group.add_argument("--thresholds", help="JSON object label -> threshold, e.g. '{\"cat\": 0.4}'")
+    p.add_argument("--format", choices=("json", "csv", "zip"), default="json")
+    p.add_argument("--output", required=True, help="output file, or - for stdout (json and csv)")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime provider")
+    p.set_defaults(func=run_predict)
+
+    s = subparsers.add_parser(
+        "serve",
+        help="start the HTTP service (bentoml serve)",
+        description="Serve a stored model over HTTP; MANYLABEL_* variables tune it (service/settings.py).",
+    )
+    s.add_argument(
+        "name", nargs="?", default=None, help="model name (default: $MANYLABEL_MODEL or manylabel-demo)"
+    )
+    s.add_argument("--version", default=None, help="store version (default: latest)")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=3000)
+    s.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None)
+    s.add_argument("--max-batch-size", type=int, default=None, help="images per onnxruntime call")
+    s.add_argument("--max-latency-ms", type=float, default=None, help="longest wait for batch-mates")
+    s.set_defaults(func=run_serve)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from service.bundles import make_bundle
+    from service.manifest import atomic_write_bytes
+    from service.predictor import Predictor
+    from service.settings import Settings
+    from service.uploads import Limits, read_local_images
+
+    if args.output == "-" and args.format == "zip":
+        return _fail("--output - (stdout) is for json and csv; give a file name for a zip")
+    overrides = None
+    if args.thresholds is not None:
+        try:
+            overrides = json.loads(args.thresholds)
+        except ValueError:
+            return _fail(f"--thresholds {args.thresholds!r} is not JSON; give e.g. '{{\"cat\": 0.4}}'")
+        if not isinstance(overrides, dict):
+            return _fail("--thresholds must be a JSON object label -> threshold")
+    env = {k: v for k, v in os.environ.items() if k.startswith("MANYLABEL_")}
+    if args.provider:
+        env["MANYLABEL_PROVIDER"] = args.provider
+    try:
+        settings = Settings.from_env(env)
+        predictor = Predictor.load(args.model, args.version, settings)
+        try:
+            thresholds = predictor.thresholds(args.which, threshold=args.threshold, overrides=overrides)
+            limits = Limits(max_files=10**9, max_request_bytes=2**62, max_zip_bytes=settings.max_zip_bytes)
+            files = read_local_images(args.images, limits)
+            result = predictor.predict(files, which=args.which, thresholds=thresholds)
+        finally:
+            predictor.close()
+        bundle = make_bundle(args.format, result.to_dict(), [f.data for f in files])
+    except (ManylabelError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    if args.output == "-":
+        sys.stdout.buffer.write(bundle.data)
+    else:
+        atomic_write_bytes(Path(args.output), bundle.data)
+        counts = {label: sum(label in i.predicted for i in result.images) for label in result.labels}
+        print(f"{len(result.images)} images -> {args.output} ({args.format}); predicted per label: {counts}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    for key, value in {
+        "MANYLABEL_MODEL": args.name,
+        "MANYLABEL_VERSION": args.version,
+        "MANYLABEL_PROVIDER": args.provider,
+        "MANYLABEL_MAX_BATCH_SIZE": args.max_batch_size,
+        "MANYLABEL_MAX_LATENCY_MS": args.max_latency_ms,
+    }.items():
+        if value is not None:
+            env[key] = str(value)
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or shutil.which("bentoml")
+    if bentoml is None:
+        return _fail("the bentoml command is not installed in this environment")
+    root = Path(__file__).resolve().parent.parent  # where the `service` package lives
+    cmd = [bentoml, "serve", SERVICE_IMPORT, "--host", args.host, "--port", str(args.port)]
+    cmd += ["--working-dir", str(root)]
+    print(" ".join(cmd), file=sys.stderr)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"manylabel: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="manylabel", description="manylabel prediction and serving")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

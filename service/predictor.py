@@ -1,0 +1,318 @@
+"""In-process prediction: the one code path behind `manylabel predict` and the HTTP service.
+
+Both decode with `service.preprocess.load_image` and the manifest's preprocessing, score with the
+same onnxruntime sessions and apply thresholds with `runtime.apply_thresholds`, so a CLI run and
+an HTTP call on the same images give the same scores. The service adds only the asynchronous
+path: decoding in a thread pool and images of concurrent requests batched by `runtime.Batcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from service.errors import ImageTooLargeError, InvalidImageError, ThresholdError
+from service.manifest import WHICH_MODELS
+from service.preprocess import load_image
+from service.runtime import Batcher, ModelRuntime, apply_thresholds, resolve_thresholds, settle
+from service.settings import Settings, get_settings
+from service.store import StoredModel, load_model
+from service.uploads import IMAGES_FIELD, InputFile, UploadError
+
+logger = logging.getLogger(__name__)
+
+BatchObserver = Callable[[str, int, float], None]  # (which, batch size, seconds)
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    filename: str  # as the client named it; never used as a path
+    scores: dict[str, float]
+    predicted: list[str]  # labels at or above their threshold, in label order
+    above: dict[str, bool]
+    thresholds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    model: str
+    version: str
+    which: str
+    labels: list[str]
+    images: list[ImagePrediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `/predict` answer."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "which": self.which,
+            "labels": self.labels,
+            "count": len(self.images),
+            "images": [image.__dict__ for image in self.images],  # flat already: no deep asdict copy
+        }
+
+
+class Predictor:
+    """A stored model, opened and warmed up, ready to score images."""
+
+    def __init__(
+        self, stored: StoredModel, settings: Settings | None = None, *, on_batch: BatchObserver | None = None
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.stored = stored
+        self.manifest = stored.manifest
+        self.labels = list(self.manifest.labels)
+        self.runtime = ModelRuntime(stored.path, self.manifest, self.settings)
+        self.runtime.warm_up()
+        self.tuning = self.runtime.tuning
+        self._decode_pool = ThreadPoolExecutor(self.tuning.decode_threads, thread_name_prefix="decode")
+        self._batchers = {
+            which: Batcher(
+                lambda batch, which=which: self.runtime.run(which, batch),
+                workers=self.tuning.inference_workers,
+                max_batch_size=self.tuning.max_batch_size,
+                max_latency_ms=self.tuning.max_latency_ms,
+                max_queue=self.settings.max_queue,
+                on_batch=(lambda n, s, which=which: on_batch(which, n, s)) if on_batch else None,
+                name=f"infer-{which}",
+            )
+            for which in WHICH_MODELS
+        }
+        # Images of one request in flight at once: enough to keep every thread busy, few enough
+        # that a 1000-image zip neither holds 1000 decoded arrays nor fills the queue alone.
+        self._window = 2 * (self.tuning.decode_threads + self.tuning.inference_workers)
+
+    @classmethod
+    def load(
+        cls,
+        name: str | None = None,
+        version: str | None = None,
+        settings: Settings | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        settings = settings or get_settings()
+        stored = load_model(name or settings.model, version if name else (version or settings.version))
+        return cls(stored, settings, **kwargs)
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        for batcher in self._batchers.values():
+            batcher.close()
+
+    # --- thresholds and decoding ----------------------------------------------------------------
+
+    def thresholds(
+        self,
+        which: str = "best",
+        *,
+        threshold: float | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> list[float]:
+        """The thresholds a request uses: the manifest's, then `threshold`, then `overrides`."""
+        base = self.manifest.models[which].thresholds
+        return resolve_thresholds(self.labels, base, threshold=threshold, overrides=overrides)
+
+    def decode(self, file: InputFile) -> np.ndarray:
+        """Bytes -> (S, S, 3) uint8, exactly as training decodes. Raises UploadError (400 / 413)."""
+        try:
+            return load_image(
+                file.data,
+                self.manifest.preprocessing,
+                name=repr(file.name or "(unnamed)"),
+                max_pixels=self.settings.max_pixels,
+            )
+        except ImageTooLargeError as exc:
+            raise UploadError(
+                f"{IMAGES_FIELD}: {exc}", status=413, field=IMAGES_FIELD, file=file.name
+            ) from exc
+        except InvalidImageError as exc:
+            message = str(exc) if str(exc) != "empty file" else f"{file.name!r}: empty file"
+            raise UploadError(f"{IMAGES_FIELD}: {message}", field=IMAGES_FIELD, file=file.name) from exc
+
+    # --- prediction -----------------------------------------------------------------------------
+
+    def predict(
+        self, files: Sequence[InputFile], *, which: str = "best", thresholds: Sequence[float] | None = None
+    ) -> Predictions:
+        """Synchronous, for the CLI: decode in threads, then score in batches."""
+        thresholds = self._check(which, thresholds)
+        arrays = list(self._decode_pool.map(self.decode, files))
+        size = self.tuning.max_batch_size
+        chunks = [
+            self.runtime.run(which, np.stack(arrays[i : i + size])) for i in range(0, len(arrays), size)
+        ]
+        scores = np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
+        return self._predictions(files, scores, which, thresholds)
+
+    async def predict_async(
+        self, files: Sequence[InputFile], *, which: str = "best", thresholds: Sequence[float] | None = None
+    ) -> Predictions:
+        """For the service: decode off the event loop, share inference calls with other requests.
+
+        The event loop only starts the request and is woken once, when every image is scored.
+        """
+        thresholds = self._check(which, thresholds)
+        if not files:
+            return self._predictions(files, np.zeros((0, len(self.labels)), np.float32), which, thresholds)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[np.ndarray]] = loop.create_future()
+        _Request(self, files, self._batchers[which], loop, future, self._window).start()
+        rows = await future
+        return self._predictions(files, np.stack(rows), which, thresholds)
+
+    def _check(self, which: str, thresholds: Sequence[float] | None) -> list[float]:
+        if which not in WHICH_MODELS:
+            raise UploadError(f"model: {which!r} is not a model; use 'best' or 'last'", field="model")
+        if thresholds is None:
+            return list(self.manifest.models[which].thresholds)
+        if len(thresholds) != len(self.labels):
+            raise ThresholdError(f"{len(thresholds)} thresholds for {len(self.labels)} labels")
+        return list(thresholds)
+
+    def _predictions(
+        self, files: Sequence[InputFile], scores: np.ndarray, which: str, thresholds: list[float]
+    ) -> Predictions:
+        above = apply_thresholds(scores, thresholds).tolist()
+        used = dict(zip(self.labels, thresholds, strict=True))
+        images = []
+        for file, row, flags in zip(files, scores.tolist(), above, strict=True):
+            images.append(
+                ImagePrediction(
+                    filename=file.name,
+                    scores=dict(zip(self.labels, row, strict=True)),
+                    predicted=[label for label, flag in zip(self.labels, flags, strict=True) if flag],
+                    above=dict(zip(self.labels, flags, strict=True)),
+                    thresholds=used,
+                )
+            )
+        return Predictions(
+            model=self.stored.name,
+            version=self.stored.version,
+            which=which,
+            labels=self.labels,
+            images=images,
+        )
+
+    # --- description ----------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """What `GET /model` answers: the manifest's essentials, provider and serving settings."""
+        m = self.manifest
+        models = {}
+        for which in WHICH_MODELS:
+            entry = m.models[which]
+            models[which] = {
+                "file": entry.file,
+                "epoch": entry.epoch,
+                "val_loss": entry.val_loss,
+                "thresholds": m.thresholds(which),
+                "threshold_source": entry.threshold_source,
+                "threshold_fallbacks": entry.threshold_fallbacks,
+                "profiles": {k: dict(zip(m.labels, v, strict=True)) for k, v in entry.profiles.items()},
+                "metrics": {split: s.model_dump(mode="json") for split, s in entry.metrics.items()},
+            }
+        report = self.runtime.provider
+        return {
+            "name": self.stored.name,
+            "version": self.stored.version,
+            "tag": self.stored.tag,
+            "created_at": m.created_at.isoformat(),
+            "labels": m.labels,
+            "label_counts": m.label_counts,
+            "backbone": m.backbone.model_dump(mode="json"),
+            "preprocessing": m.preprocessing.model_dump(mode="json"),
+            "models": models,
+            "provider": {"requested": report.requested, "active": report.active, "note": report.note},
+            "serving": {
+                **asdict(self.tuning),
+                "max_queue": self.settings.max_queue,
+                "max_files": self.settings.max_files,
+                "max_request_bytes": self.settings.max_request_bytes,
+                "max_zip_bytes": self.settings.max_zip_bytes,
+                "max_pixels": self.settings.max_pixels,
+            },
+            "versions": {
+                "schema": m.schema_version,
+                **{pkg: _version(pkg) for pkg in ("manylabel", "bentoml", "onnxruntime-gpu")},
+            },
+        }
+
+
+class _Request:
+    """One request's images on their way through the decode pool and the batcher (thread-safe).
+
+    At most `window` images are decoded or queued at once; each scored image lets the next one
+    in. The first error fails the request and stops its remaining work.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        files: Sequence[InputFile],
+        batcher: Batcher,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future,
+        window: int,
+    ) -> None:
+        self.predictor, self.batcher, self.loop, self.future = predictor, batcher, loop, future
+        self.rows: list[np.ndarray | None] = [None] * len(files)
+        self.remaining = len(files)
+        self.pending = iter(enumerate(files))
+        self.window = window
+        self.lock = threading.Lock()
+        self.failed = False
+
+    def start(self) -> None:
+        for _ in range(self.window):
+            self._decode_next()
+
+    def _decode_next(self) -> None:
+        with self.lock:
+            item = None if self.failed or self.future.done() else next(self.pending, None)
+        if item is not None:
+            self.predictor._decode_pool.submit(self._decode, *item)
+
+    def _decode(self, index: int, file: InputFile) -> None:  # on a decode thread
+        if self.failed or self.future.done():  # failed, or the client went away
+            return
+        try:
+            image = self.predictor.decode(file)
+            self.batcher.put(image, lambda scores, error: self._scored(index, scores, error))
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _scored(self, index: int, scores: np.ndarray | None, error: BaseException | None) -> None:
+        if error is not None:
+            self._fail(error)
+            return
+        with self.lock:
+            self.rows[index] = scores
+            self.remaining -= 1
+            finished = self.remaining == 0
+        if finished:
+            self.loop.call_soon_threadsafe(settle, self.future, self.rows, None)
+        else:
+            self._decode_next()
+
+    def _fail(self, error: BaseException) -> None:
+        with self.lock:
+            if self.failed:
+                return
+            self.failed = True
+        self.loop.call_soon_threadsafe(settle, self.future, None, error)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,91 @@
+"""Service settings: one pydantic object, read once from `MANYLABEL_*` environment variables.
+
+Every knob has its default and a one-line comment here. Tuning values left at `None` are chosen
+per execution provider by `Settings.tuning()`, from measurements on a 2-core CPU
+(EfficientNet-Lite0, 224 px): batch 1 and batch 8 cost the same per image there, so the CPU
+defaults batch greedily (no waiting) with two concurrent inference calls; a GPU wants bigger
+batches and a short wait to fill them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "MANYLABEL_"
+Provider = Literal["auto", "cpu", "cuda"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- which model ---------------------------------------------------------------------------
+    model: str = "manylabel-demo"  # model name in the BentoML model store
+    version: str | None = None  # store version; None = latest
+    # --- execution -----------------------------------------------------------------------------
+    provider: Provider = "auto"  # auto: CUDA when onnxruntime offers it and it initialises, else CPU
+    intra_op_threads: int | None = Field(None, ge=1)  # threads per onnxruntime call; None: CPU cores
+    inference_workers: int | None = Field(None, ge=1)  # concurrent onnxruntime calls; None: 2 CPU, 1 GPU
+    decode_threads: int | None = Field(None, ge=1)  # image decode threads; None: CPU cores
+    max_batch_size: int | None = Field(None, ge=1)  # images per onnxruntime call; None: 16 CPU, 64 GPU
+    max_latency_ms: float | None = Field(None, ge=0)  # longest wait for batch-mates; None: 0 CPU, 5 GPU
+    max_queue: int = Field(2048, ge=1)  # images waiting for inference before answering 503
+    # --- limits on what a request may send -----------------------------------------------------
+    max_files: int = Field(1000, ge=1)  # images per request, zip members included (413 above)
+    max_request_bytes: int = Field(256 << 20, ge=1024)  # request body size (413 above)
+    max_zip_bytes: int = Field(1 << 30, ge=1024)  # uncompressed size of all zips in a request
+    max_pixels: int = Field(64_000_000, ge=1)  # pixels per image: decompression-bomb guard
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read `MANYLABEL_<FIELD>` variables; empty ones keep the default."""
+        environ = os.environ if environ is None else environ
+        values = {
+            name: environ[key]
+            for name in cls.model_fields
+            if (key := ENV_PREFIX + name.upper()) in environ and environ[key].strip() != ""
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "?"
+            key = ENV_PREFIX + name.upper()
+            raise SettingsError(
+                f"{key}={environ.get(key, '')!r}: {first['msg']} (unset it to use the default)"
+            ) from exc
+
+    def tuning(self, *, gpu: bool) -> Tuning:
+        """Concrete execution values for the provider actually in use."""
+        cores = os.cpu_count() or 1
+        return Tuning(
+            intra_op_threads=self.intra_op_threads or cores,  # few ops stay on the CPU with a GPU
+            inference_workers=self.inference_workers or (1 if gpu else 2),
+            decode_threads=self.decode_threads or cores,
+            max_batch_size=self.max_batch_size or (64 if gpu else 16),
+            max_latency_ms=self.max_latency_ms if self.max_latency_ms is not None else (5.0 if gpu else 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class Tuning:
+    intra_op_threads: int
+    inference_workers: int
+    decode_threads: int
+    max_batch_size: int
+    max_latency_ms: float
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use (never at import time)."""
+    return Settings.from_env()

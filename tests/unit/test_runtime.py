@@ -1,0 +1,248 @@
+"""runtime.py and settings.py: thresholds, the adaptive batcher, provider choice, settings from env."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.errors import ThresholdError
+from service.runtime import (
+    CPU,
+    CUDA,
+    Batcher,
+    OverloadedError,
+    apply_thresholds,
+    open_session,
+    resolve_thresholds,
+)
+from service.settings import Settings, SettingsError
+
+LABELS = ["a", "b", "c"]
+
+# --- thresholds ----------------------------------------------------------------------------------
+
+
+def test_thresholds_default_to_the_manifest() -> None:
+    assert resolve_thresholds(LABELS, [0.1, 0.2, 0.3]) == [0.1, 0.2, 0.3]
+
+
+def test_one_threshold_then_overrides() -> None:
+    assert resolve_thresholds(LABELS, [0.1, 0.2, 0.3], threshold=0.5) == [0.5, 0.5, 0.5]
+    assert resolve_thresholds(LABELS, [0.1, 0.2, 0.3], overrides={"b": 0}) == [0.1, 0.0, 0.3]
+    assert resolve_thresholds(LABELS, [0.1, 0.2, 0.3], threshold=0.5, overrides={"c": 1}) == [0.5, 0.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"overrides": {"z": 0.5}}, "unknown label 'z'"),
+        ({"overrides": {"a": math.nan}}, "outside [0, 1]"),
+        ({"overrides": {"a": -0.01}}, "outside [0, 1]"),
+        ({"overrides": {"a": True}}, "not a number"),
+        ({"overrides": {"a": "0.5"}}, "not a number"),
+        ({"threshold": 1.01}, "threshold: 1.01 is outside"),
+        ({"threshold": math.inf}, "outside [0, 1]"),
+    ],
+)
+def test_bad_thresholds(kwargs: dict, message: str) -> None:
+    with pytest.raises(ThresholdError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve_thresholds(LABELS, [0.5, 0.5, 0.5], **kwargs)
+
+
+def test_apply_thresholds_is_at_or_above() -> None:
+    scores = np.array([[0.3, 0.5, 0.7], [0.29999998, 0.0, 1.0]], dtype=np.float32)
+    assert apply_thresholds(scores, [float(np.float32(0.3)), 0.5, 1.0]).tolist() == [
+        [True, True, False],
+        [False, False, True],
+    ]
+
+
+def test_apply_thresholds_compares_like_a_json_client() -> None:
+    # float32(0.1) is just above 0.1: a client comparing the JSON numbers sees score >= 0.1.
+    score = np.float32(0.1)
+    assert apply_thresholds(np.array([[score]]), [0.1]).tolist() == [[float(score) >= 0.1]]
+
+
+# --- batcher -------------------------------------------------------------------------------------
+
+
+class SlowModel:
+    """Sums each image; records the batch sizes; the first call waits until released."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.release = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.release.wait(5)
+        self.sizes.append(len(batch))
+        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True).astype(np.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_batcher_groups_images_that_wait() -> None:
+    model = SlowModel()
+    batcher = Batcher(model, workers=1, max_batch_size=4)
+
+    async def main() -> list:
+        first = asyncio.ensure_future(batcher.submit(np.full((2, 2, 3), 1, np.uint8)))
+        await asyncio.sleep(0.05)  # the first image is in the model; the next six queue up
+        rest = [asyncio.ensure_future(batcher.submit(np.full((2, 2, 3), k, np.uint8))) for k in range(2, 8)]
+        model.release.set()
+        return [await first] + [await r for r in rest]
+
+    results = run(main())
+    assert [float(r[0]) for r in results] == [12.0 * k for k in range(1, 8)]
+    assert model.sizes == [1, 4, 2]  # greedy, capped at max_batch_size
+    batcher.close()
+
+
+def test_batcher_shares_the_queue_among_idle_workers() -> None:
+    model = SlowModel()
+    batcher = Batcher(model, workers=2, max_batch_size=16)
+
+    async def main() -> None:
+        jobs = [asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 3), np.uint8))) for _ in range(6)]
+        await asyncio.sleep(0)  # nothing dispatched until the loop runs the submissions
+        model.release.set()
+        await asyncio.gather(*jobs)
+
+    run(main())
+    assert sum(model.sizes) == 6 and max(model.sizes) <= 5
+
+
+def test_batcher_waits_up_to_max_latency_for_batch_mates() -> None:
+    model = SlowModel()
+    model.release.set()
+    batcher = Batcher(model, workers=1, max_batch_size=8, max_latency_ms=50)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 3), np.uint8)))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 3), np.uint8)))
+        await asyncio.gather(first, second)
+
+    run(main())
+    assert model.sizes == [2]
+    batcher.close()
+
+
+def test_batcher_passes_model_errors_to_every_waiter() -> None:
+    def broken(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("onnxruntime exploded")
+
+    batcher = Batcher(broken, workers=1, max_batch_size=4)
+
+    async def main() -> list:
+        jobs = [batcher.submit(np.zeros((1, 1, 3), np.uint8)) for _ in range(3)]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = run(main())
+    assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in results)
+    batcher.close()
+
+
+def test_batcher_refuses_when_the_queue_is_full() -> None:
+    model = SlowModel()
+    batcher = Batcher(model, workers=1, max_batch_size=1, max_queue=2)
+
+    async def main() -> None:
+        jobs = [asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 3), np.uint8)))]
+        await asyncio.sleep(0.05)  # the first is in the model
+        jobs += [asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 3), np.uint8))) for _ in range(2)]
+        await asyncio.sleep(0.05)  # two queued
+        with pytest.raises(OverloadedError, match="retry later"):
+            await batcher.submit(np.zeros((1, 1, 3), np.uint8))
+        model.release.set()
+        await asyncio.gather(*jobs)
+
+    run(main())
+    batcher.close()
+
+
+# --- provider ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def identity_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["scores"])],
+        "identity",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("onnx") / "identity.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_cpu_provider(identity_onnx: Path) -> None:
+    session, report = open_session(identity_onnx, provider="cpu", intra_op_threads=1)
+    assert report.active == CPU and report.note is None and not report.gpu
+    assert session.get_providers() == [CPU]
+
+
+def test_auto_reports_why_it_is_on_cpu(identity_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.runtime.gpu_visible", lambda: False)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    _, report = open_session(identity_onnx, provider="auto", intra_op_threads=1)
+    assert report.active == CPU and report.note == "no NVIDIA GPU visible; running on CPU"
+
+
+def test_cuda_that_silently_falls_back_is_detected(
+    identity_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # onnxruntime-gpu offers CUDA but, without its libraries or a GPU, quietly runs on the CPU.
+    if CUDA not in ort.get_available_providers() or _cuda_works(identity_onnx):
+        pytest.skip("needs onnxruntime-gpu on a machine where CUDA does not initialise")
+    monkeypatch.setattr("service.runtime.gpu_visible", lambda: True)
+    _, report = open_session(identity_onnx, provider="auto", intra_op_threads=1)
+    assert report.active == CPU and "fell back to CPU" in report.note
+    with pytest.raises(RuntimeError, match="MANYLABEL_PROVIDER=cuda: .*fell back to CPU"):
+        open_session(identity_onnx, provider="cuda", intra_op_threads=1)
+
+
+def _cuda_works(path: Path) -> bool:
+    return CUDA in ort.InferenceSession(str(path), providers=[CUDA, CPU]).get_providers()
+
+
+def test_cuda_requested_without_onnxruntime_gpu(identity_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
+    with pytest.raises(RuntimeError, match="install onnxruntime-gpu"):
+        open_session(identity_onnx, provider="cuda", intra_op_threads=1)
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def test_settings_from_env() -> None:
+    s = Settings.from_env(
+        {"MANYLABEL_MODEL": "voc5", "MANYLABEL_MAX_BATCH_SIZE": "4", "MANYLABEL_VERSION": ""}
+    )
+    assert s.model == "voc5" and s.max_batch_size == 4 and s.version is None
+    cpu, gpu = s.tuning(gpu=False), s.tuning(gpu=True)
+    assert cpu.max_batch_size == gpu.max_batch_size == 4
+    assert cpu.max_latency_ms == 0 and gpu.max_latency_ms > 0 and gpu.inference_workers == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("MANYLABEL_PROVIDER", "tpu"), ("MANYLABEL_MAX_FILES", "0"), ("MANYLABEL_MAX_QUEUE", "x")],
+)
+def test_bad_settings_name_the_variable(key: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"{key}='{value}'"):
+        Settings.from_env({key: value})
