@@ -112,11 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train on the bundled sample and predict")
     _add_train_args(p)
     p.set_defaults(func=cmd_demo, minutes=1.0)
+    from service import batch_cli
     from service import cli as service_cli
     from training import inspect_cli
 
     service_cli.register(sub)
     inspect_cli.register(sub)
+    batch_cli.register(sub)
     return parser
 
 
