@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 from service.errors import ManylabelError
@@ -77,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def sample_dir() -> Path:
-    return Path(str(resources.files("training") / SAMPLE))
+    return Path(__file__).resolve().parent / SAMPLE
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -90,13 +89,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"training on the bundled sample in {sample}")
     result = fit(args.images, args.labels, _config(args), say=print)
     print_summary(result, say=print)
-    from service.predictor import Predictor
+    from service.cli import run_predict
 
-    predictor = Predictor.from_store(result.stored.tag)
     images = sorted(args.images.glob("*.jpg"))[:5]
-    for row in predictor.predict_paths(images):
-        print(f"  {row['filename']}: {', '.join(row['predicted']) or '-'}")
-    print(f"\nserve it:  manylabel serve {result.stored.name}   (then open http://127.0.0.1:3000)")
+    print(f"\npredictions of {result.stored.tag} (best model) for {len(images)} sample images, as CSV:")
+    predict = argparse.Namespace(
+        model=result.stored.tag,
+        version=None,
+        which="best",
+        images=images,
+        threshold=None,
+        thresholds=None,
+        format="csv",
+        output="-",
+        provider=None,
+    )
+    sys.stdout.flush()
+    if run_predict(predict) != 0:
+        return 1
+    print(f"\nserve it:  manylabel serve {result.stored.name}   (then open http://127.0.0.1:3000/ui)")
     return 0
 
 
