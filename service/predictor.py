@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from service.custom_thresholds import ThresholdFile
 from service.errors import ImageTooLargeError, InvalidImageError, ThresholdError
 from service.manifest import WHICH_MODELS
 from service.preprocess import load_image
@@ -71,6 +72,7 @@ class Predictor:
         self.stored = stored
         self.manifest = stored.manifest
         self.labels = list(self.manifest.labels)
+        self.custom = ThresholdFile(stored.path, self.manifest)  # custom_thresholds.json, when saved
         self.runtime = ModelRuntime(stored.path, self.manifest, self.settings)
         self.runtime.warm_up()
         self.tuning = self.runtime.tuning
@@ -117,8 +119,9 @@ class Predictor:
         threshold: float | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> list[float]:
-        """The thresholds a request uses: the manifest's, then `threshold`, then `overrides`."""
-        base = self.manifest.models[which].thresholds
+        """The thresholds a request uses: the saved custom ones (else the manifest's optimised ones),
+        then `threshold`, then `overrides` — the same defaults as the service's /predict."""
+        base = self.custom.effective(which)
         return resolve_thresholds(self.labels, base, threshold=threshold, overrides=overrides)
 
     def decode(self, file: InputFile) -> np.ndarray:
@@ -173,7 +176,7 @@ class Predictor:
         if which not in WHICH_MODELS:
             raise UploadError(f"model: {which!r} is not a model; use 'best' or 'last'", field="model")
         if thresholds is None:
-            return list(self.manifest.models[which].thresholds)
+            return list(self.custom.effective(which))
         if len(thresholds) != len(self.labels):
             raise ThresholdError(f"{len(thresholds)} thresholds for {len(self.labels)} labels")
         return list(thresholds)

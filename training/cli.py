@@ -70,7 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.report import print_summary
     from training.train import fit
 
-    result = fit(args.images, args.labels, _config(args), say=print)
+    images = args.images[0] if len(args.images) == 1 else args.images  # a folder, a zip, or files
+    result = fit(images, args.labels, _config(args), say=print)
     print_summary(result, say=print)
     return 0
 
@@ -138,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
-    if getattr(args, "images", None) and isinstance(args.images, list) and len(args.images) == 1:
-        args.images = args.images[0]
     try:
         return args.func(args)
     except ManylabelError as exc:

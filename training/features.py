@@ -24,6 +24,7 @@ from tqdm import tqdm
 from service.errors import InvalidImageError
 from service.manifest import Preprocessing, sha256_file
 from service.preprocess import load_image
+from service.runtime import gpu_visible
 from training.sources import ImageFile
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def open_session(onnx_path: Path, device: str = "auto"):  # -> onnxruntime.Infer
     # Spinning intra-op threads steal the cores the decode threads need (measured 2x slower here).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
-    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers() and gpu_visible():
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(onnx_path), options, providers=providers)
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():

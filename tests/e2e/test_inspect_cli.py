@@ -163,3 +163,46 @@ def test_report_is_one_self_contained_html_file(stored, capsys, tmp_path):
     assert not re.search(r"""(src|href)=["']?(https?:|//|/)""", text)  # nothing to fetch
     for section in ("Statistics", "Best vs last", "Label pairs", "Likely mislabelled images"):
         assert f"<h2>{section}</h2>" in text
+
+
+def test_saved_thresholds_are_the_default_of_in_process_predict(stored, capsys, tmp_path):
+    """`manylabel predict` uses custom_thresholds.json like the service; --threshold still wins."""
+    image = [tmp_path / "red.png"]
+    Image.fromarray(np.full((64, 64, 3), (220, 30, 30), np.uint8)).save(image[0])
+    out_file = tmp_path / "p.json"
+    try:
+        assert run(capsys, "thresholds", NAME, "--all", "0.97")[0] == 0
+        code, _, err = run(
+            capsys,
+            "predict",
+            "--model",
+            NAME,
+            "--images",
+            str(image[0]),
+            "--format",
+            "json",
+            "--output",
+            str(out_file),
+        )
+        assert code == 0, err
+        used = json.loads(out_file.read_text())["images"][0]["thresholds"]
+        assert used == dict.fromkeys(stored.manifest.labels, 0.97)
+        code, _, _ = run(
+            capsys,
+            "predict",
+            "--model",
+            NAME,
+            "--images",
+            str(image[0]),
+            "--threshold",
+            "0.2",
+            "--format",
+            "json",
+            "--output",
+            str(out_file),
+        )
+        assert json.loads(out_file.read_text())["images"][0]["thresholds"] == dict.fromkeys(
+            stored.manifest.labels, 0.2
+        )
+    finally:
+        assert run(capsys, "thresholds", NAME, "--reset")[0] == 0
