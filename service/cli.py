@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -115,10 +114,10 @@ def run_serve(args: argparse.Namespace) -> int:
     cmd = [bentoml, "serve", SERVICE_IMPORT, "--host", args.host, "--port", str(args.port)]
     cmd += ["--working-dir", str(root)]
     print(" ".join(cmd), file=sys.stderr)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 130
+    sys.stderr.flush()
+    # Become `bentoml serve`: signals (Ctrl-C, SIGTERM from Kubernetes) reach it directly.
+    os.execve(bentoml, cmd, env)
+    return 0  # pragma: no cover - execve does not return
 
 
 def _fail(message: str) -> int:

@@ -252,7 +252,8 @@ class UploadMiddleware:
             return
         if form is None:  # the client went away
             return
-        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        replaced = (b"content-type", b"content-length", b"transfer-encoding")
+        headers = [(k, v) for k, v in scope["headers"] if k not in replaced]
         headers += [(b"content-type", b"application/json"), (b"content-length", b"2")]
         state = dict(scope.get("state") or {})
         state[FORM_KEY] = form

@@ -265,3 +265,14 @@ def test_concurrent_requests_share_inference_calls(server: Server, images: dict[
     # 40 one-image requests in fewer inference calls: some calls held images of several requests.
     batches = count_after - count_before
     assert batches < 40 and (batches - (ones_after - ones_before)) > 0
+
+
+def test_bentoml_client_can_call_predict(server: Server, images: dict[str, bytes], tmp_path: Path) -> None:
+    import bentoml
+
+    path = tmp_path / "red.jpg"
+    path.write_bytes(images["red.jpg"])
+    with bentoml.SyncHTTPClient(server.url) as bento:
+        answer = bento.predict(images=[path], model="last", thresholds={"cat": 0.1})
+    assert answer["which"] == "last" and answer["images"][0]["filename"] == "red.jpg"
+    check_image_answer(answer["images"][0], [0.1, *THRESHOLDS["last"][1:]])
