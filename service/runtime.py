@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.custom_thresholds import check_threshold
 from service.errors import ManifestError, ThresholdError
 from service.manifest import WHICH_MODELS, Manifest
 from service.settings import Settings, Tuning
@@ -275,7 +275,7 @@ def resolve_thresholds(
     """
     values = list(base)
     if threshold is not None:
-        values = [_check_threshold("threshold", threshold)] * len(labels)
+        values = [check_threshold("threshold", threshold)] * len(labels)
     if overrides:
         index = {label: i for i, label in enumerate(labels)}
         for label, value in overrides.items():
@@ -283,17 +283,8 @@ def resolve_thresholds(
                 raise ThresholdError(
                     f"thresholds: unknown label {label!r}; the model's labels are {list(labels)}"
                 )
-            values[index[label]] = _check_threshold(f"thresholds[{label!r}]", value)
+            values[index[label]] = check_threshold(f"thresholds[{label!r}]", value)
     return values
-
-
-def _check_threshold(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ThresholdError(f"{field}: {value!r} is not a number; give a number in [0, 1]")
-    number = float(value)
-    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
-        raise ThresholdError(f"{field}: {value!r} is outside [0, 1]; give a number in [0, 1]")
-    return number
 
 
 def apply_thresholds(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

@@ -39,14 +39,11 @@ def save_model(source_dir: Path, manifest: Manifest) -> StoredModel:
 
     source_dir = Path(source_dir)
     manifest.verify_files(source_dir)
-    metadata = {
-        "labels": manifest.labels,
-        "backbone": manifest.backbone.id,
-        **{
-            f"{which}_val_map": (m.metrics.get("validation").map if "validation" in m.metrics else None)
-            for which, m in manifest.models.items()
-        },
-    }
+    metadata: dict = {"labels": manifest.labels, "backbone": manifest.backbone.id}
+    for which, entry in manifest.models.items():
+        val = entry.metrics.get("validation")
+        if val is not None and val.map is not None:  # BentoML refuses None in metadata
+            metadata[f"{which}_val_map"] = val.map
     with bentoml.models.create(
         manifest.name, labels={"framework": FRAMEWORK_LABEL}, metadata=metadata
     ) as ref:
