@@ -149,7 +149,7 @@ def main() -> int:
     busy = wait_quiet(args.wait_quiet)
     m = machine()
     m["busy_cores_at_start"] = busy
-    print(f"machine: {machine_line(m)}; {busy:.2f} cores busy", flush=True)
+    print(f"machine: {machine_line(m)}", flush=True)
     if busy >= 0.25:
         print("warning: other work keeps the CPU busy; it will pollute the numbers", flush=True)
     out = args.out.resolve()
