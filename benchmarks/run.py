@@ -11,7 +11,9 @@ shared/data/clothing_mosaic_ml10). Steps, each its own script writing its JSON t
   4. benchmarks/serve.py: the model trained on the first data set, served by manylabel, the
      in-process reference and the peers, on photos of the first data set resized to 256 and 1000 px.
 Then --out/results.md (all tables, the machine, the command) is written and copied into
-benchmarks/README.md between its `latest` markers. Not part of the test suite.
+benchmarks/README.md between its `latest` markers. `--steps` reruns some steps only (say, after
+another job polluted one: each step records how many cores other processes kept busy meanwhile);
+the others keep their last results from --out. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -32,17 +35,34 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from serve import TITLES, default_peers_python, machine, machine_line, wait_quiet  # noqa: E402
+from serve import (  # noqa: E402
+    TITLES,
+    default_peers_python,
+    machine,
+    machine_busy_seconds,
+    machine_line,
+    wait_quiet,
+)
 from serve import markdown as serve_markdown  # noqa: E402
 
 README = HERE / "README.md"
 MARKERS = ("<!-- latest:start -->", "<!-- latest:end -->")
+STEPS = ("train", "features", "thresholds", "serve")
 
 
-def step(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> float:
-    """Run one step, its output to logs/NAME.log; raise with the log's tail when it fails."""
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def step(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> dict:
+    """Run one step, its output to logs/NAME.log; raise with the log's tail when it fails.
+
+    Returns its wall time and the cores that *other* processes kept busy meanwhile (machine CPU
+    time minus this step's), so a polluted step shows in the results.
+    """
     print(f"== {name}: {shlex.join(cmd)}", flush=True)
-    started = time.perf_counter()
+    started, machine_cpu, own_cpu = time.perf_counter(), machine_busy_seconds(), children_cpu_seconds()
     log = logs / f"{name}.log"
     with log.open("wb") as sink:
         done = subprocess.run(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, check=False)
@@ -50,8 +70,10 @@ def step(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> float:
     if done.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         raise SystemExit(f"{name} failed (exit {done.returncode}) after {seconds:.0f} s:\n{tail}")
-    print(f"   {seconds:.0f} s", flush=True)
-    return seconds
+    other = machine_busy_seconds() - machine_cpu - (children_cpu_seconds() - own_cpu)
+    result = {"seconds": round(seconds, 1), "other_cores": round(max(other, 0.0) / seconds, 2)}
+    print(f"   {result['seconds']:.0f} s, other processes {result['other_cores']:.2f} cores", flush=True)
+    return result
 
 
 def setup_peers(python: str) -> None:
@@ -90,16 +112,19 @@ def gap_line(serve: dict) -> str:
     )
 
 
-def report(out: Path, m: dict, command: str, wall_s: float, timings: dict[str, float]) -> str:
+def report(out: Path, suite: dict) -> str:
     serve = json.loads((out / "serve.json").read_text())
     thr = json.loads((out / "thresholds.json").read_text())
     feats = json.loads((out / "features.json").read_text())
     train_md = (out / "train.md").read_text().strip()
-    steps = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    steps = suite["steps"]
+    total = sum(v["seconds"] for v in steps.values())
+    parts = ", ".join(f"{k} {v['seconds']:.0f} s ({v['other_cores']:.2f})" for k, v in steps.items())
     return "\n".join(
         [
-            f"Machine: {machine_line(m)}.",
-            f"Command: `{command}` (whole suite {wall_s:.0f} s: {steps}).",
+            f"Machine: {machine_line(suite['machine'])}.",
+            f"Command: `{suite['command']}`.",
+            f"Whole suite {total:.0f} s: {parts}; in brackets: cores other processes kept busy meanwhile.",
             "",
             serve_markdown(serve),
             "",
@@ -140,6 +165,8 @@ def main() -> int:
     ap.add_argument("--peers-python", default=default_peers_python())
     ap.add_argument("--setup-peers", action="store_true", help="create the peers' venv if it is missing")
     ap.add_argument("--wait-quiet", type=float, default=120, help="seconds to wait for an idle machine")
+    ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="run only these")
+    ap.add_argument("--model", help="serve this model from $BENTOML_HOME instead of the one trained here")
     ap.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
     args = ap.parse_args()
 
@@ -157,57 +184,55 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="manylabel-bench-"))
     env = {
         **os.environ,
-        "BENTOML_HOME": str(scratch / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     }
+    if not args.model:  # train.py's models go to a store of this run's own
+        env["BENTOML_HOME"] = str(scratch / "bentoml")
+        if "serve" in args.steps and "train" not in args.steps:
+            raise SystemExit("--steps serve without train needs --model NAME (a model in $BENTOML_HOME)")
     py = sys.executable
     data = [str(d.resolve()) for d in args.datasets]
     first = args.datasets[0].resolve()
-    serve_model = first.name.replace("_", "-").lower()  # the name train.py gives it
-    started = time.perf_counter()
-    timings = {
-        "train": step(
-            "train",
-            [py, "benchmarks/train.py", *data, "--minutes", str(args.minutes), "--out", str(out)],
-            env,
-            scratch,
-        ),
-        "features": step(
-            "features",
-            [py, "benchmarks/features.py", *data, "--limit", str(args.feature_images), "--out", str(out)],
-            env,
-            scratch,
-        ),
-        "thresholds": step("thresholds", [py, "benchmarks/thresholds.py", "--out", str(out)], env, scratch),
-        "serve": step(
-            "serve",
-            [
-                py,
-                "benchmarks/serve.py",
-                "--model",
-                serve_model,
-                "--images",
-                str(first / "images"),
-                "--seconds",
-                str(args.seconds),
-                "--peers-python",
-                args.peers_python,
-                "--wait-quiet",
-                str(args.wait_quiet),
-                "--out",
-                str(out),
-            ],
-            env,
-            scratch,
-        ),
+    commands = {
+        "train": [py, "benchmarks/train.py", *data, "--minutes", str(args.minutes), "--out", str(out)],
+        "features": [
+            py,
+            "benchmarks/features.py",
+            *data,
+            "--limit",
+            str(args.feature_images),
+            "--out",
+            str(out),
+        ],
+        "thresholds": [py, "benchmarks/thresholds.py", "--out", str(out)],
+        "serve": [
+            py,
+            "benchmarks/serve.py",
+            "--model",
+            args.model or first.name.replace("_", "-").lower(),  # the name train.py gives it
+            "--images",
+            str(first / "images"),
+            "--seconds",
+            str(args.seconds),
+            "--peers-python",
+            args.peers_python,
+            "--wait-quiet",
+            str(args.wait_quiet),
+            "--out",
+            str(out),
+        ],
     }
-    wall = time.perf_counter() - started
-    text = report(out, m, command, wall, timings)
+    # Steps not run now keep their last results (and timings) from --out.
+    previous = out / "suite.json"
+    suite = json.loads(previous.read_text()) if previous.exists() and set(args.steps) != set(STEPS) else {}
+    suite = {"machine": m, "command": command, "steps": suite.get("steps", {})}
+    for name in STEPS:
+        if name in args.steps:
+            suite["steps"][name] = {**step(name, commands[name], env, scratch), "date": m["date"]}
+    text = report(out, suite)
     (out / "results.md").write_text(text + "\n")
-    (out / "suite.json").write_text(
-        json.dumps({"machine": m, "command": command, "wall_s": round(wall, 1), "steps_s": timings}, indent=1)
-    )
+    (out / "suite.json").write_text(json.dumps(suite, indent=1))
     if not args.no_readme:
         update_readme(text)
     shutil.rmtree(scratch / "bentoml", ignore_errors=True)  # the models trained for the run

@@ -405,6 +405,14 @@ def markdown(report: dict) -> str:
         theirs = results[t].get("peak_rss_mib")
         rss.append(f"{ours_rss / theirs:.2f}" if ours_rss and theirs else "–")
     lines.append("| " + " | ".join(rss) + " |")
+    others = [(c.get("other_cores", 0.0), t) for t in targets for c in results[t].get("cells", [])]
+    if others:
+        worst, who = max(others)
+        lines += [
+            "",
+            f"Quiet check: {report.get('busy_cores_before', '?')} cores busy before the run; other processes "
+            f"used at most {worst:.2f} cores during any cell ({TITLES[who]}).",
+        ]
     errors = [
         f"- {TITLES[t]}: `{results[t]['error'].splitlines()[0]}`" for t in targets if "error" in results[t]
     ]
