@@ -160,7 +160,8 @@ def main() -> int:
     ap.add_argument("datasets", nargs="+", type=Path, help="folders holding images/ and labels.csv")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--minutes", type=float, default=5.0, help="train.py head-training budget")
-    ap.add_argument("--seconds", type=float, default=8.0, help="serving: seconds per cell")
+    ap.add_argument("--seconds", type=float, default=4.0, help="serving: seconds per cell and round")
+    ap.add_argument("--rounds", type=int, default=2, help="serving: rounds over all targets (best kept)")
     ap.add_argument("--feature-images", type=int, default=400, help="images per data set for features.py")
     ap.add_argument("--peers-python", default=default_peers_python())
     ap.add_argument("--setup-peers", action="store_true", help="create the peers' venv if it is missing")
@@ -215,6 +216,8 @@ def main() -> int:
             str(first / "images"),
             "--seconds",
             str(args.seconds),
+            "--rounds",
+            str(args.rounds),
             "--peers-python",
             args.peers_python,
             "--wait-quiet",
@@ -230,6 +233,12 @@ def main() -> int:
     for name in STEPS:
         if name in args.steps:
             suite["steps"][name] = {**step(name, commands[name], env, scratch), "date": m["date"]}
+    if "serve" in args.steps:
+        # Server processes that end orphaned escape RUSAGE_CHILDREN and would count as "other":
+        # serve.py measures other processes per cell instead; keep its worst cell.
+        cells = json.loads((out / "serve.json").read_text())["results"].values()
+        others = [c.get("other_cores", 0.0) for r in cells for c in r.get("cells", [])]
+        suite["steps"]["serve"]["other_cores"] = max(others, default=0.0)
     text = report(out, suite)
     (out / "results.md").write_text(text + "\n")
     (out / "suite.json").write_text(json.dumps(suite, indent=1))
