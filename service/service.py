@@ -2,12 +2,14 @@
 
 Request path, kept thin because on a 2-core CPU every millisecond of Python is a millisecond not
 spent decoding or inferring:
-  UploadMiddleware parses the multipart body in memory (BentoML's own parser answers 500 to bad
-  bodies and loses file names) -> the API method validates the options -> images are decoded in a
-  thread pool -> `runtime.Batcher` groups images of concurrent requests into onnxruntime calls on
-  worker threads -> the answer is built from plain numbers.
-The input specs below only document the form for OpenAPI and BentoML's client; BentoML never
-parses client bodies for these routes.
+  `predict_routes.PredictRoutes` answers POST /predict and /predict_bundle at the ASGI layer: it
+  parses the multipart body in memory (BentoML's own parser answers 500 to bad bodies and loses
+  file names) and calls `ManyLabel.answer`, skipping BentoML's per-call dispatch -> the options are
+  validated -> images are decoded in a thread pool -> `runtime.Batcher` groups images of
+  concurrent requests into onnxruntime calls on worker threads -> the answer is built from plain
+  numbers.
+The `@bentoml.api` methods declare the same routes for the OpenAPI schema and BentoML's clients and
+serve in-process callers (`ManyLabel().predict(images=[path])`) through the same `answer`.
 """
 
 from __future__ import annotations
@@ -32,16 +34,17 @@ with bentoml.importing():
     from service.custom_thresholds import ThresholdFile
     from service.errors import ThresholdError
     from service.inspect_app import inspect_app, load_inspector
+    from service.predict_routes import PredictRoutes, Reply
     from service.predictor import Predictor
     from service.runtime import OverloadedError, resolve_thresholds
     from service.settings import get_settings
     from service.uploads import (
+        Form,
         Limits,
         Options,
         UploadError,
-        UploadMiddleware,
         collect_images,
-        form_from_scope,
+        form_from_values,
         is_zip,
         parse_options,
     )
@@ -49,7 +52,7 @@ with bentoml.importing():
 # Under "bentoml" so the lines reach BentoML's server log handlers.
 logger = logging.getLogger("bentoml.manylabel")
 
-PREDICT_ROUTES = ("/predict", "/predict_bundle")
+PREDICT_ROUTES = {"/predict": (), "/predict_bundle": FORMATS}  # route -> the bundle formats it offers
 
 
 # --- documentation of the forms and answers (OpenAPI, BentoML client) ------------------------------
@@ -177,41 +180,43 @@ class ManyLabel:
     def close(self) -> None:
         self.predictor.close()
 
+    # Over HTTP, PredictRoutes answers these two routes (see the module docstring); these bodies
+    # serve in-process callers with the same code and the same answers.
     @bentoml.api(route="/predict", input_spec=PredictForm, output_spec=PredictAnswer)
-    async def predict(self, ctx: bentoml.Context, **_documented: Any) -> Response:
+    async def predict(self, **form: Any) -> Response:
         """Scores, predicted labels and thresholds for each uploaded image."""
-        return await self._answer(ctx, formats=())
+        return await self._local(form, "/predict")
 
     @bentoml.api(route="/predict_bundle", input_spec=BundleForm, output_spec=PredictAnswer)
-    async def predict_bundle(self, ctx: bentoml.Context, **_documented: Any) -> Response:
+    async def predict_bundle(self, **form: Any) -> Response:
         """The predictions as a file: zip (images in a folder per label), json or csv."""
-        return await self._answer(ctx, formats=FORMATS)
+        return await self._local(form, "/predict_bundle")
 
-    async def _answer(self, ctx: bentoml.Context, *, formats: tuple[str, ...]) -> Response:
+    async def _local(self, values: dict[str, Any], route: str) -> Response:
         try:
-            form = form_from_scope(ctx.request.scope)
-            options = parse_options(form.fields, formats=formats)
-            thresholds = self._thresholds(options)
-            if any(is_zip(part) for part in form.files):  # unzipping is CPU work: off the loop
-                files = await asyncio.to_thread(collect_images, form.files, self.limits)
-            else:
-                files = collect_images(form.files, self.limits)
-            result = await self.predictor.predict_async(files, which=options.which, thresholds=thresholds)
+            reply = await self.answer(form_from_values(values), route)
         except UploadError as exc:
-            return _error(ctx, exc.status, exc.to_dict())
+            reply = Reply.json(exc.status, exc.to_dict())
+        return Response(reply.body, reply.status, dict(reply.headers), reply.media_type)
+
+    async def answer(self, form: Form, route: str) -> Reply:
+        """One predict request, from its parsed form. Raises UploadError for a request to refuse."""
+        options = parse_options(form.fields, formats=PREDICT_ROUTES[route])
+        thresholds = self._thresholds(options)
+        if any(is_zip(part) for part in form.files):  # unzipping is CPU work: off the loop
+            files = await asyncio.to_thread(collect_images, form.files, self.limits)
+        else:
+            files = collect_images(form.files, self.limits)
+        try:
+            result = await self.predictor.predict_async(files, which=options.which, thresholds=thresholds)
         except OverloadedError as exc:
-            ctx.response.metadata["Retry-After"] = "1"
-            return _error(ctx, 503, {"error": str(exc)})
+            return Reply.json(503, {"error": str(exc)}, headers=(("Retry-After", "1"),))
         answer = result.to_dict()
         if options.format is None:
-            return Response(json.dumps(answer).encode(), media_type="application/json")
-        images = [f.data for f in files]
-        bundle = await asyncio.to_thread(make_bundle, options.format, answer, images)
-        return Response(
-            bundle.data,
-            media_type=bundle.media_type,
-            headers={"Content-Disposition": f'attachment; filename="{bundle.filename}"'},
-        )
+            return Reply(200, json.dumps(answer).encode())
+        bundle = await asyncio.to_thread(make_bundle, options.format, answer, [f.data for f in files])
+        disposition = f'attachment; filename="{bundle.filename}"'
+        return Reply(200, bundle.data, bundle.media_type, (("Content-Disposition", disposition),))
 
     def _thresholds(self, options: Options) -> list[float]:
         try:
@@ -224,10 +229,9 @@ class ManyLabel:
             raise UploadError(str(exc), field=field) from exc
 
 
-def _error(ctx: bentoml.Context, status: int, body: dict[str, Any]) -> Response:
-    # BentoML copies ctx.response.status_code onto whatever the API returns.
-    ctx.response.status_code = status
-    return JSONResponse(body, status_code=status)
+async def _answer_http(form: Form, route: str) -> Reply:
+    service: ManyLabel = bentoml.get_current_service()
+    return await service.answer(form, route)
 
 
-ManyLabel.add_asgi_middleware(UploadMiddleware, paths=PREDICT_ROUTES, limits=_limits)
+ManyLabel.add_asgi_middleware(PredictRoutes, paths=PREDICT_ROUTES, limits=_limits, handler=_answer_http)

@@ -2,9 +2,9 @@
 
 BentoML 1.4.39 answers 500 to a malformed multipart body, to one without a boundary and to a file
 name over ~250 characters (it becomes a temp-file suffix), loses the original file names and
-`json.loads` every form field. `UploadMiddleware` therefore parses the predict requests itself,
-in memory and within limits, before BentoML sees them, and hands the parsed `Form` to the API
-through the ASGI scope. Nothing here turns an uploaded name into a path.
+`json.loads` every form field. `MultipartReader` therefore parses the predict requests (for
+`predict_routes.PredictRoutes`), in memory and within limits. Nothing here turns an uploaded name
+into a path.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import zipfile
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,7 +27,6 @@ from service.preprocess import is_image_name
 
 logger = logging.getLogger(__name__)
 
-FORM_KEY = "manylabel.form"  # where UploadMiddleware leaves the parsed form in scope["state"]
 IMAGES_FIELD = "images"
 MAX_NAME_BYTES = 255  # one file name, as on every common filesystem
 MAX_PATH_BYTES = 1024  # a path inside a zip
@@ -144,7 +143,7 @@ class MultipartReader:
         form = Form(files=[], fields={})
         for part in self.parts:
             if part.filename is None:
-                form.fields.setdefault(part.field, []).append(_decode_text(part.data))
+                form.fields.setdefault(part.field, []).append(decode_text(part.data))
             else:
                 form.files.append(part)
         return form
@@ -166,9 +165,9 @@ class MultipartReader:
         part = self.parts[-1]
         if b"name" not in options:
             raise UploadError('malformed multipart body: a part has no Content-Disposition "name"')
-        part.field = _decode_text(options[b"name"])
+        part.field = decode_text(options[b"name"])
         if b"filename" in options:
-            part.filename = _decode_text(options[b"filename"])
+            part.filename = decode_text(options[b"filename"])
             check_name(part.filename, field=part.field)
             self._files += 1
             if self._files > self.limits.max_files:
@@ -188,7 +187,7 @@ class MultipartReader:
         self._ended = True
 
 
-def _decode_text(raw: bytes | bytearray) -> str:
+def decode_text(raw: bytes | bytearray) -> str:
     try:
         return bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
@@ -222,88 +221,6 @@ def too_many(count: int, limit: int) -> UploadError:
     )
 
 
-# --- ASGI middleware ----------------------------------------------------------------------------
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class UploadMiddleware:
-    """Parses POSTs to `paths` before BentoML does; answers 4xx itself for bad bodies.
-
-    On success the request continues with an empty JSON body and the parsed `Form` in
-    `scope["state"][FORM_KEY]`, so BentoML's own form parsing never runs on client data.
-    """
-
-    def __init__(self, app: Callable, *, paths: Collection[str], limits: Callable[[], Limits]) -> None:
-        self.app = app
-        self.paths = frozenset(paths)
-        self.limits = limits
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        try:
-            form = await self._read(scope, receive)
-        except UploadError as exc:
-            await send_json(send, exc.status, exc.to_dict())
-            return
-        if form is None:  # the client went away
-            return
-        replaced = (b"content-type", b"content-length", b"transfer-encoding")
-        headers = [(k, v) for k, v in scope["headers"] if k not in replaced]
-        headers += [(b"content-type", b"application/json"), (b"content-length", b"2")]
-        state = dict(scope.get("state") or {})
-        state[FORM_KEY] = form
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": b"{}", "more_body": False}
-            return await receive()  # after the body: waits for the disconnect, as servers do
-
-        await self.app({**scope, "headers": headers, "state": state}, replay, send)
-
-    async def _read(self, scope: Scope, receive: Receive) -> Form | None:
-        limits = self.limits()
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
-            raise too_large(int(length), limits.max_request_bytes)
-        reader = MultipartReader(_decode_text(headers.get(b"content-type", b"")), limits)
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            reader.feed(message.get("body", b""))
-            if not message.get("more_body", False):
-                return reader.finish()
-
-
-async def send_json(send: Send, status: int, body: Any) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
-
-
-def form_from_scope(scope: Scope) -> Form:
-    """The form UploadMiddleware parsed for this request."""
-    form = (scope.get("state") or {}).get(FORM_KEY)
-    if form is None:
-        raise UploadError(f"no multipart form: send the images as files in the {IMAGES_FIELD!r} field")
-    return form
-
-
 # --- form options -------------------------------------------------------------------------------
 
 
@@ -313,6 +230,21 @@ class Options:
     threshold: float | None = None
     thresholds: dict[str, Any] | None = None
     format: str | None = None
+
+
+def form_from_values(values: dict[str, Any]) -> Form:
+    """The `Form` an in-process API call stands for: `images` are local paths, other values typed
+    (JSON-encoded here, so `parse_options` checks them exactly as it checks an HTTP form)."""
+    files = [
+        Part(field=IMAGES_FIELD, filename=Path(p).name, data=bytearray(Path(p).read_bytes()))
+        for p in values.get(IMAGES_FIELD) or []
+    ]
+    fields = {
+        name: [value if isinstance(value, str) else json.dumps(value)]
+        for name, value in values.items()
+        if name != IMAGES_FIELD and value is not None
+    }
+    return Form(files=files, fields=fields)
 
 
 def parse_options(fields: dict[str, list[str]], *, formats: Sequence[str] = ()) -> Options:

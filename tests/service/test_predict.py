@@ -276,3 +276,54 @@ def test_bentoml_client_can_call_predict(server: Server, images: dict[str, bytes
         answer = bento.predict(images=[path], model="last", thresholds={"cat": 0.1})
     assert answer["which"] == "last" and answer["images"][0]["filename"] == "red.jpg"
     check_image_answer(answer["images"][0], [0.1, *THRESHOLDS["last"][1:]])
+
+
+IN_PROCESS_SCRIPT = """
+import asyncio, json, sys
+from service.service import ManyLabel
+
+async def main():
+    service = ManyLabel()  # the BentoML service class, instantiated here: no HTTP involved
+    out = []
+    for call in (
+        service.predict(images=[sys.argv[1]], model="last", thresholds={"cat": 0.1}),
+        service.predict_bundle(images=[sys.argv[1]], format="csv"),
+        service.predict(images=[sys.argv[1]], model="worst"),
+        service.predict(images=[sys.argv[1]] * 6),
+    ):
+        r = await call
+        out.append({"status": r.status_code, "headers": dict(r.headers), "body": r.body.decode()})
+    service.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_api_methods_called_in_process_answer_as_http_does(
+    client: httpx.Client, server: Server, images: dict[str, bytes], tmp_path: Path
+) -> None:
+    path = tmp_path / "red.jpg"
+    path.write_bytes(images["red.jpg"])
+    # One image waits 2 s for batch-mates and one may wait: the 6-image call must get a 503.
+    env = {**server.env, "MANYLABEL_MAX_QUEUE": "1", "MANYLABEL_MAX_LATENCY_MS": "2000"}
+    done = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS_SCRIPT, str(path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored, bundle, unknown, overloaded = json.loads(done.stdout.strip().splitlines()[-1])
+
+    http = predict(client, upload(("red.jpg", images["red.jpg"])), model="last", thresholds='{"cat": 0.1}')
+    assert scored["status"] == 200 and json.loads(scored["body"]) == http.json()
+    http_csv = client.post(
+        "/predict_bundle", files=upload(("red.jpg", images["red.jpg"])), data={"format": "csv"}
+    )
+    assert bundle["status"] == 200 and bundle["body"] == http_csv.text
+    assert bundle["headers"]["content-disposition"] == http_csv.headers["content-disposition"]
+    assert unknown["status"] == 400 and json.loads(unknown["body"])["field"] == "model"
+    assert overloaded["status"] == 503 and overloaded["headers"]["retry-after"] == "1"
+    assert "images are waiting for inference" in json.loads(overloaded["body"])["error"]
