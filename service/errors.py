@@ -29,3 +29,7 @@ class ArchiveError(ManylabelError):
 
 class ThresholdError(ManylabelError):
     """A threshold is not a number in [0, 1] or names an unknown label."""
+
+
+class BatchError(ManylabelError):
+    """A batch run cannot start: bad options, a damaged journal, another client on the same output."""

@@ -28,20 +28,12 @@ import psutil
 import pytest
 from servekit import BENTOML, LABELS, PYTHON, REPO, SAVE_SCRIPT, SERVER_ENV, Server, build_model, image_bytes
 
-from service import batch
-from service.batch import (
-    JOURNAL_FILE,
-    BatchError,
-    BatchOptions,
-    Journal,
-    RetryPolicy,
-    Shard,
-    iter_images,
-    post_images,
-    run_batch,
-    sort_key,
-)
+from service.batch import BatchOptions, run_batch
+from service.batch_files import Shard, iter_images, sort_key
+from service.batch_http import Outcome, RetryPolicy, post_images
+from service.batch_journal import JOURNAL_FILE, Journal
 from service.bundles import to_csv
+from service.errors import BatchError
 
 N_IMAGES = 240
 FAST_RETRY = RetryPolicy(attempts=4, base_s=0.001, cap_s=0.01)
@@ -196,8 +188,8 @@ def test_backoff_is_jittered_bounded_and_honours_retry_after() -> None:
     assert policy.delay(0, 3600.0, rng) == 30.0
 
 
-def run_post(handler, policy: RetryPolicy = FAST_RETRY) -> batch.Outcome:
-    async def go() -> batch.Outcome:
+def run_post(handler, policy: RetryPolicy = FAST_RETRY) -> Outcome:
+    async def go() -> Outcome:
         async with httpx.AsyncClient(
             base_url="http://test", transport=httpx.MockTransport(handler)
         ) as client:
