@@ -25,7 +25,7 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 SAVE_DEMO_MODEL = """
 import sys
 from pathlib import Path
-sys.path.insert(0, str(Path(sys.argv[2]) / "tests" / "service"))
+sys.path[:0] = [str(Path(sys.argv[2]) / "tests" / "service"), str(Path(sys.argv[2]) / "tests")]
 from servekit import build_model
 from service.manifest import Manifest
 from service.store import save_model

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servekit import BENTOML, PYTHON, REPO, SAVE_SCRIPT, SERVER_ENV, Server, build_model, image_bytes
+from servekit import BENTOML, PYTHON, REPO, SERVER_ENV, Server, build_model, image_bytes
+from tinymodel import SAVE_SCRIPT
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tinymodel import tiny_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -30,39 +31,6 @@ SERVER_ENV = {
 }
 
 
-def tiny_onnx(path: Path, seed: int) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    weight = rng.normal(0, 4, (3, len(LABELS))).astype(np.float32)
-    bias = rng.normal(0, 0.5, (len(LABELS),)).astype(np.float32)
-    nodes = [
-        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["x", "mean"], ["centred"]),
-        helper.make_node("Div", ["centred", "std"], ["normed"]),
-        helper.make_node("ReduceMean", ["normed"], ["pooled"], axes=[1, 2], keepdims=0),
-        helper.make_node("Gemm", ["pooled", "W", "b"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["scores"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", SIZE, SIZE, 3])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(LABELS)])],
-        initializer=[
-            numpy_helper.from_array(np.array(127.0, np.float32), "mean"),
-            numpy_helper.from_array(np.array(128.0, np.float32), "std"),
-            numpy_helper.from_array(weight, "W"),
-            numpy_helper.from_array(bias, "b"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
 def build_model(folder: Path) -> None:
     """best.onnx, last.onnx and a valid manifest.json in `folder`."""
     from service.manifest import (
@@ -76,8 +44,8 @@ def build_model(folder: Path) -> None:
     )
 
     folder.mkdir(parents=True, exist_ok=True)
-    tiny_onnx(folder / "best.onnx", seed=1)
-    tiny_onnx(folder / "last.onnx", seed=2)
+    tiny_onnx(folder / "best.onnx", seed=1, n_labels=len(LABELS), size=SIZE)
+    tiny_onnx(folder / "last.onnx", seed=2, n_labels=len(LABELS), size=SIZE)
     one = LabelMetrics(support=3, precision=0.75, recall=0.5, f1=0.6, ap=0.7)
     validation = SplitMetrics(
         images=9,
@@ -109,16 +77,6 @@ def build_model(folder: Path) -> None:
         files=[file_entry(folder, "best.onnx"), file_entry(folder, "last.onnx")],
     )
     manifest.write(folder)
-
-
-SAVE_SCRIPT = """
-import sys
-from pathlib import Path
-from service.manifest import Manifest
-from service.store import save_model
-folder = Path(sys.argv[1])
-print(save_model(folder, Manifest.read(folder)).tag)
-"""
 
 
 def image_bytes(

@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from servekit import BENTOML, LABELS, PYTHON, REPO, SAVE_SCRIPT, SERVER_ENV, Server, build_model, image_bytes
+from servekit import BENTOML, LABELS, PYTHON, REPO, SERVER_ENV, Server, build_model, image_bytes
+from tinymodel import SAVE_SCRIPT
 
 from service.batch import BatchOptions, run_batch
 from service.batch_files import Shard, iter_images, sort_key

@@ -1,6 +1,6 @@
 """Helpers for the page and inspect-API tests: a tiny model WITH records and thumbnails, and servers.
 
-The model honours the manifest contract like `tests/service/servekit.py`'s (uint8 NHWC "image"
+The model is `tests/tinymodel.py`'s, as in `tests/service/servekit.py` (uint8 NHWC "image"
 (N, 32, 32, 3) -> mean colour -> Gemm -> Sigmoid -> "scores"), and adds what the inspect views read:
 `records.npz` (per-image truth and scores of 30 train and 20 validation images, drawn so that the
 labels overlap and a threshold moves the statistics) and `thumbnails.zip` (one JPEG per row, except
@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from tinymodel import SAVE_SCRIPT, tiny_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -39,50 +40,7 @@ NAMES = [f"train/img_{i:03d}.jpg" for i in range(N_TRAIN)] + [
 MISSING_THUMBNAIL = "train/img_029.jpg"  # its row has no JPEG in thumbnails.zip
 TOKEN = "ui-test-token"
 SERVER_ENV = {"MANYLABEL_MODEL": MODEL_NAME, "MANYLABEL_PROVIDER": "cpu", "MANYLABEL_MAX_FILES": "20"}
-SAVE_SCRIPT = """
-import sys
-from pathlib import Path
-from service.manifest import Manifest
-from service.store import save_model
-folder = Path(sys.argv[1])
-print(save_model(folder, Manifest.read(folder)).tag)
-"""
-
-
 # --- the model --------------------------------------------------------------------------------------
-
-
-def tiny_onnx(path: Path, seed: int) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    weight = rng.normal(0, 4, (3, len(LABELS))).astype(np.float32)
-    bias = rng.normal(0, 0.5, (len(LABELS),)).astype(np.float32)
-    nodes = [
-        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["x", "mean"], ["centred"]),
-        helper.make_node("Div", ["centred", "std"], ["normed"]),
-        helper.make_node("ReduceMean", ["normed"], ["pooled"], axes=[1, 2], keepdims=0),
-        helper.make_node("Gemm", ["pooled", "W", "b"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["scores"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", SIZE, SIZE, 3])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(LABELS)])],
-        initializer=[
-            numpy_helper.from_array(np.array(127.0, np.float32), "mean"),
-            numpy_helper.from_array(np.array(128.0, np.float32), "std"),
-            numpy_helper.from_array(weight, "W"),
-            numpy_helper.from_array(bias, "b"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
 
 
 def records(seed: int = 0) -> dict[str, np.ndarray]:
@@ -128,8 +86,8 @@ def build_model(folder: Path) -> None:
     from service.metrics import split_metrics
 
     folder.mkdir(parents=True, exist_ok=True)
-    tiny_onnx(folder / "best.onnx", seed=1)
-    tiny_onnx(folder / "last.onnx", seed=2)
+    tiny_onnx(folder / "best.onnx", seed=1, n_labels=len(LABELS), size=SIZE)
+    tiny_onnx(folder / "last.onnx", seed=2, n_labels=len(LABELS), size=SIZE)
     data = records()
     np.savez(folder / "records.npz", **data)
     with zipfile.ZipFile(folder / "thumbnails.zip", "w") as archive:

@@ -1,0 +1,55 @@
+"""The tiny ONNX model the service and UI tests serve, built with onnx alone (no torch).
+
+It honours the manifest contract: uint8 NHWC "image" (N, size, size, 3) -> Cast -> normalise ->
+mean over H, W -> Gemm -> Sigmoid -> "scores" (N, n_labels); `seed` draws the head, so best and
+last can differ. `SAVE_SCRIPT` stores a model folder in the BentoML store of the environment it
+runs in (a subprocess, so the test process's BentoML singletons never point at a test store).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SAVE_SCRIPT = """
+import sys
+from pathlib import Path
+from service.manifest import Manifest
+from service.store import save_model
+folder = Path(sys.argv[1])
+print(save_model(folder, Manifest.read(folder)).tag)
+"""
+
+
+def tiny_onnx(path: Path, seed: int, *, n_labels: int, size: int) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0, 4, (3, n_labels)).astype(np.float32)
+    bias = rng.normal(0, 0.5, (n_labels,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["x", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["normed"]),
+        helper.make_node("ReduceMean", ["normed"], ["pooled"], axes=[1, 2], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "W", "b"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", n_labels])],
+        initializer=[
+            numpy_helper.from_array(np.array(127.0, np.float32), "mean"),
+            numpy_helper.from_array(np.array(128.0, np.float32), "std"),
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(bias, "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
