@@ -22,12 +22,10 @@ from service.inspect import (
     check_choice,
     confusion,
     curves,
-    diff,
-    label_pairs,
-    mislabel_candidates,
     predictions,
     resolve_thresholds,
 )
+from service.inspect_review import diff, label_pairs, mislabel_candidates
 from service.manifest import WHICH_MODELS, Manifest, SplitMetrics
 
 # --- one stored model, for the service and the CLI --------------------------------------------------

@@ -3,7 +3,7 @@
 The routes are declared as BentoML APIs in `service.py` (the OpenAPI schema, BentoML's clients,
 in-process callers), but over HTTP this middleware answers them itself, before BentoML's router:
   * BentoML 1.4.39's multipart parsing answers 500 to malformed bodies and loses file names, so the
-    body is parsed here, in memory and within limits (`uploads.MultipartReader`), 4xx when bad;
+    body is parsed here, in memory and within limits (`multipart.MultipartReader`), 4xx when bad;
   * BentoML's per-call API dispatch (signature binding, validating the input model, response
     headers through its dependency injection, background clean-up) cost 0.5-0.8 ms per request on
     the 2-core benchmark machine: 6-8 % of a 256-px image's whole service time (benchmarks/README.md).
@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from service.uploads import Form, Limits, MultipartReader, UploadError, decode_text, too_large
+from service.multipart import MultipartReader
+from service.uploads import Form, Limits, UploadError, decode_text, too_large
 
 logger = logging.getLogger("bentoml.manylabel")
 

@@ -2,9 +2,9 @@
 
 BentoML 1.4.39 answers 500 to a malformed multipart body, to one without a boundary and to a file
 name over ~250 characters (it becomes a temp-file suffix), loses the original file names and
-`json.loads` every form field. `MultipartReader` therefore parses the predict requests (for
-`predict_routes.PredictRoutes`), in memory and within limits. Nothing here turns an uploaded name
-into a path.
+`json.loads` every form field. `service.multipart.MultipartReader` therefore parses the predict
+requests (for `predict_routes.PredictRoutes`), in memory and within these limits, into a `Form`.
+Nothing here turns an uploaded name into a path.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
-
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import ManylabelError
 from service.preprocess import is_image_name
@@ -79,112 +76,7 @@ class Form:
     fields: dict[str, list[str]]
 
 
-# --- multipart ----------------------------------------------------------------------------------
-
-
-class MultipartReader:
-    """Incremental multipart/form-data parser that keeps parts in memory, within `limits`."""
-
-    def __init__(self, content_type: str, limits: Limits) -> None:
-        media, params = parse_options_header(content_type)
-        if media != b"multipart/form-data":
-            raise UploadError(
-                f"content-type {content_type or '(none)'!r} is not multipart/form-data: send the images "
-                f"as files in the {IMAGES_FIELD!r} field of a multipart form",
-                status=415,
-            )
-        boundary = params.get(b"boundary")
-        if not boundary:
-            raise UploadError(
-                "multipart/form-data without a boundary parameter: let your HTTP client build the "
-                "content-type header (do not set it by hand)"
-            )
-        self.limits = limits
-        self.received = 0
-        self.parts: list[Part] = []
-        self._files = 0
-        self._header_name = bytearray()
-        self._header_value = bytearray()
-        self._disposition = b""
-        self._ended = False
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_part_data": self._on_part_data,
-                "on_header_field": lambda d, s, e: self._header_name.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_end": self._on_end,
-            },
-        )
-
-    def feed(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.limits.max_request_bytes:
-            raise too_large(self.received, self.limits.max_request_bytes)
-        try:
-            self._parser.write(chunk)
-        except FormParserError as exc:
-            raise UploadError(
-                f"malformed multipart body: {exc}; send a valid multipart/form-data form"
-            ) from exc
-
-    def finish(self) -> Form:
-        try:
-            self._parser.finalize()
-        except FormParserError as exc:  # pragma: no cover - finalize rarely raises
-            raise UploadError(f"malformed multipart body: {exc}") from exc
-        if not self._ended:
-            raise UploadError(
-                "malformed multipart body: it ends before the closing boundary (truncated upload?)"
-            )
-        form = Form(files=[], fields={})
-        for part in self.parts:
-            if part.filename is None:
-                form.fields.setdefault(part.field, []).append(decode_text(part.data))
-            else:
-                form.files.append(part)
-        return form
-
-    # python-multipart callbacks
-
-    def _on_part_begin(self) -> None:
-        self._disposition = b""
-        self.parts.append(Part(field="", filename=None))
-
-    def _on_header_end(self) -> None:
-        if bytes(self._header_name).lower() == b"content-disposition":
-            self._disposition = bytes(self._header_value)
-        self._header_name.clear()
-        self._header_value.clear()
-
-    def _on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        part = self.parts[-1]
-        if b"name" not in options:
-            raise UploadError('malformed multipart body: a part has no Content-Disposition "name"')
-        part.field = decode_text(options[b"name"])
-        if b"filename" in options:
-            part.filename = decode_text(options[b"filename"])
-            check_name(part.filename, field=part.field)
-            self._files += 1
-            if self._files > self.limits.max_files:
-                raise too_many(self._files, self.limits.max_files)
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        part = self.parts[-1]
-        part.data.extend(data[start:end])
-        if part.filename is None and len(part.data) > MAX_FIELD_BYTES:
-            raise UploadError(
-                f"form field {part.field!r} is over {MAX_FIELD_BYTES} bytes; is it a file sent without a "
-                "filename?",
-                field=part.field,
-            )
-
-    def _on_end(self) -> None:
-        self._ended = True
+# --- names and sizes ------------------------------------------------------------------------------
 
 
 def decode_text(raw: bytes | bytearray) -> str:

@@ -28,13 +28,11 @@ from service.inspect import (
     ModelRecords,
     confusion,
     curves,
-    diff,
-    label_pairs,
-    mislabel_candidates,
     predictions,
     resolve_thresholds,
     select,
 )
+from service.inspect_review import diff, label_pairs, mislabel_candidates
 from service.inspector import Inspector
 from service.manifest import Backbone, Manifest, ModelEntry
 from service.metrics import pr_curves, split_metrics
