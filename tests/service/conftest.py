@@ -9,22 +9,14 @@ process's BentoML singletons are never pointed at it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from servekit import BENTOML, PYTHON, REPO, SERVER_ENV, Server, build_model, image_bytes
+from bentoserve import free_port, start_serve, stop, wait_ready
+from servekit import PYTHON, REPO, SERVER_ENV, Server, build_model, image_bytes
 from tinymodel import SAVE_SCRIPT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -39,39 +31,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ).stdout.strip()
     port = free_port()
     log = root / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [BENTOML, "serve", "service.service:ManyLabel", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_serve(env, log, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc, log)
+        wait_ready(url, proc, log)
         yield Server(url=url, home=home, env=env, log=log, tag=tag)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"bentoml serve was not ready within {timeout} s:\n{log.read_text()[-4000:]}")
+        stop(proc)
 
 
 @pytest.fixture(scope="session")

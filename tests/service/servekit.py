@@ -13,7 +13,6 @@ from tinymodel import tiny_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-BENTOML = str(Path(PYTHON).parent / "bentoml")
 MODEL_NAME = "tiny-test"
 LABELS = ["cat", "dog", "traffic/light"]  # a slash, to check that bundles sanitise folder names
 SIZE = 32

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 import zipfile
@@ -26,7 +25,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from servekit import BENTOML, LABELS, PYTHON, REPO, SERVER_ENV, Server, build_model, image_bytes
+from bentoserve import free_port, start_serve, wait_ready
+from servekit import LABELS, PYTHON, REPO, SERVER_ENV, Server, build_model, image_bytes
 from tinymodel import SAVE_SCRIPT
 
 from service.batch import BatchOptions, run_batch
@@ -329,45 +329,17 @@ class KillableServer:
         subprocess.run(
             [PYTHON, "-c", SAVE_SCRIPT, str(root / "model")], env=self.env, check=True, capture_output=True
         )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
         self.proc: subprocess.Popen | None = None
         self.workers: list[psutil.Process] = []
 
-    def start(self, timeout: float = 90.0) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    BENTOML,
-                    "serve",
-                    "service.service:ManyLabel",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                cwd=REPO,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    # Remembered now: a worker outlives a killed arbiter and keeps the port.
-                    self.workers = psutil.Process(self.proc.pid).children(recursive=True)
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"bentoml serve not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+    def start(self) -> None:
+        self.proc = start_serve(self.env, self.log, self.port, new_session=True)
+        wait_ready(self.url, self.proc, self.log)
+        # Remembered now: a worker outlives a killed arbiter and keeps the port.
+        self.workers = psutil.Process(self.proc.pid).children(recursive=True)
 
     def kill(self) -> None:
         """SIGKILL the server and its workers (circus starts each in a process group of its own)."""

@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
+from bentoserve import free_port, start_serve, stop, wait_ready
 from PIL import Image
 from tinymodel import SAVE_SCRIPT, tiny_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-BENTOML = str(Path(PYTHON).parent / "bentoml")
 MODEL_NAME = "tiny-ui"
 LABELS = ["cat", "dog", "bird"]
 SIZE = 32
@@ -137,12 +134,6 @@ def image_bytes(seed: int, *, size: tuple[int, int] = (64, 48), fmt: str = "JPEG
 # --- servers ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def store_env(home: Path, **extra: str) -> dict[str, str]:
     # The developer's own MANYLABEL_* variables (a token, another model) must not leak into the server.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MANYLABEL_")}
@@ -176,40 +167,13 @@ class Server:
         server = cls(home=home, log=log, env=store_env(home, **env))
         port = free_port()
         server.url = f"http://127.0.0.1:{port}"
-        with open(log, "ab") as out:
-            server.proc = subprocess.Popen(
-                [BENTOML, "serve", "service.service:ManyLabel", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO,
-                env=server.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        server.wait_ready()
+        server.proc = start_serve(server.env, log, port)
+        try:
+            wait_ready(server.url, server.proc, log)
+        except RuntimeError:
+            server.stop()
+            raise
         return server
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"bentoml serve was not ready within {timeout} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
