@@ -1,10 +1,9 @@
-"""`manylabel batch`: a thin CLI over `service.batch.run_batch`.
+"""`manylabel batch`: a thin CLI over `service.batch.client.run_batch`.
 
-`register(subparsers)` adds the subcommand to the main `manylabel` parser; `python -m service.batch_cli`
-runs it alone (what the Kubernetes batch Job does: the service image has no training code).
-Exit codes: 0 every image answered; 1 some images refused (4xx, unreadable); 2 bad options;
-75 the service stayed unavailable or some images failed transiently, and 130 interrupted: rerun
-the same command to resume.
+`register(subparsers)` adds the subcommand to the one `manylabel` parser (`service.cli`).
+Exit codes: 0 every image answered; 1 some images refused (4xx, unreadable, too large); 2 bad options,
+the service's refusal of them included; 75 the service stayed unavailable or some images failed
+transiently, and 130 interrupted: rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from service.batch import BatchError, BatchOptions, RetryPolicy, Shard, Summary, run_batch
+from service.batch.client import BatchError, BatchOptions, RetryPolicy, Shard, Summary, run_batch
 
 SHOWN_FAILURES = 10
 
@@ -43,7 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shard", type=Shard.parse, default=Shard(), help="I/N: this client takes shard I of N (default 0/1)"
     )
-    p.add_argument("--model", choices=("best", "last"), default="best", help="which exported model")
+    p.add_argument(
+        "--which",
+        choices=("best", "last"),
+        default="best",
+        help="the model's best or last export (default best)",
+    )
+    p.add_argument(
+        "--model", metavar="NAME[:VERSION]", help="a stored model (default: the one the service serves)"
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=float, help="one threshold for every label, in [0, 1]")
     group.add_argument("--thresholds", help="JSON object label -> threshold, e.g. '{\"cat\": 0.4}'")
@@ -51,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-retries", type=int, default=7, help="retries per request on 503/429/connection errors"
     )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    p.add_argument(
+        "--max-file-bytes",
+        type=int,
+        help="larger files are recorded as failed, unread (default: the service's max_request_bytes)",
+    )
     p.add_argument(
         "--retry-failed", action="store_true", help="also resend images an earlier run saw refused"
     )
@@ -61,10 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_batch_cli(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    try:
-        options = _options(args)
-    except BatchError as exc:
-        return _fail(str(exc))
+    options = _options(args)
     bar = None
     state = {"skipped": 0, "failed": 0}
 
@@ -83,8 +92,6 @@ def run_batch_cli(args: argparse.Namespace) -> int:
 
     try:
         summary = run_batch(options, on_start=on_start, progress=progress)
-    except BatchError as exc:
-        return _fail(str(exc))
     except KeyboardInterrupt:  # before or after sending (counting, final file): nothing is lost
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
@@ -116,12 +123,14 @@ def _options(args: argparse.Namespace) -> BatchOptions:
         concurrency=args.concurrency,
         per_request=args.per_request,
         shard=args.shard,
+        which=args.which,
         model=args.model,
         threshold=args.threshold,
         thresholds=thresholds,
         retry=RetryPolicy(attempts=args.max_retries + 1),
         timeout_s=args.timeout,
         retry_failed=args.retry_failed,
+        max_file_bytes=args.max_file_bytes,
     )
 
 
@@ -157,19 +166,3 @@ def format_summary(summary: Summary) -> str:
 def _short(reason: str) -> str:
     """A reason without its file name, to group failures by cause."""
     return reason.split(":", 2)[0] if reason.startswith("HTTP ") else reason.split(":", 1)[0]
-
-
-def _fail(message: str) -> int:
-    print(f"manylabel: error: {message}", file=sys.stderr)
-    return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="manylabel", description="manylabel batch client")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] if sys.argv[1:2] == ["batch"] else ["batch", *sys.argv[1:]]))

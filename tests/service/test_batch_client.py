@@ -25,14 +25,14 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from bentoserve import free_port, start_serve, wait_ready
 from servekit import LABELS, PYTHON, REPO, SERVER_ENV, Server, build_model, image_bytes
-from tinymodel import SAVE_SCRIPT
+from support.bentoserve import free_port, start_serve, wait_ready
+from support.tinymodel import SAVE_SCRIPT
 
-from service.batch import BatchOptions, run_batch
-from service.batch_files import Shard, iter_images, sort_key
-from service.batch_http import Outcome, RetryPolicy, post_images
-from service.batch_journal import JOURNAL_FILE, Journal
+from service.batch.client import BatchOptions, run_batch
+from service.batch.files import Shard, iter_images, sort_key
+from service.batch.http import Outcome, RetryPolicy, post_images
+from service.batch.journal import JOURNAL_FILE, Journal
 from service.bundles import to_csv
 from service.errors import BatchError
 
@@ -153,24 +153,30 @@ def test_journal_cuts_a_torn_last_line_and_keeps_appending(tmp_path: Path) -> No
         f.write(b'{"kind":"done","file":"c.jpg","ver')
 
     journal = Journal.open(path, header)
-    assert set(journal.done) == {"a.jpg"} and set(journal.failed) == {"b.jpg"}
+    assert "a.jpg" in journal.done and len(journal.done) == 1 and set(journal.failed) == {"b.jpg"}
     assert path.read_bytes() == good
     journal.append([{"kind": "done", "file": "b.jpg", "version": "v", "scores": {}, "predicted": []}])
     journal.close()
     assert [r.get("file") for r in journal_records(tmp_path)] == [None, "a.jpg", "b.jpg", "b.jpg"]
     reopened = Journal.open(path, header)
-    assert set(reopened.done) == {"a.jpg", "b.jpg"} and not reopened.failed  # the later record wins
+    assert (
+        len(reopened.done) == 2 and "b.jpg" in reopened.done and not reopened.failed
+    )  # the later record wins
     reopened.close()
 
 
 def test_journal_refuses_damage_before_the_last_line_and_other_options(tmp_path: Path) -> None:
     path = tmp_path / JOURNAL_FILE
-    header = {"kind": "header", "journal": 1, "model": "best"}
-    Journal.open(path, header).close()
-    with pytest.raises(BatchError, match="model='best'"):
-        Journal.open(path, {**header, "model": "last"})
+    header = {"kind": "header", "journal": 1, "which": "best", "model": None}
+    journal = Journal.open(path, header)
+    journal.append([{"kind": "done", "file": "a.jpg", "version": "v", "scores": {}, "predicted": []}])
+    journal.close()
+    with pytest.raises(BatchError, match="which='best'"):
+        Journal.open(path, {**header, "which": "last"})
+    with pytest.raises(BatchError, match="model=None"):
+        Journal.open(path, {**header, "model": "cats:v2"})
     with open(path, "ab") as f:
-        f.write(b"garbage\n" + b'{"kind":"done","file":"a.jpg","version":"v","scores":{},"predicted":[]}\n')
+        f.write(b"garbage\n" + b'{"kind":"done","file":"b.jpg","version":"v","scores":{},"predicted":[]}\n')
     with pytest.raises(BatchError, match="damaged"):
         Journal.open(path, header)
 
@@ -194,7 +200,7 @@ def run_post(handler, policy: RetryPolicy = FAST_RETRY) -> Outcome:
         async with httpx.AsyncClient(
             base_url="http://test", transport=httpx.MockTransport(handler)
         ) as client:
-            return await post_images(client, [("a.jpg", b"x")], {"model": "best"}, policy, random.Random(0))
+            return await post_images(client, [("a.jpg", b"x")], {"which": "best"}, policy, random.Random(0))
 
     return asyncio.run(go())
 
@@ -244,6 +250,8 @@ def test_a_whole_run_over_a_flaky_service_answers_each_image_once(tmp_path: Path
     sent = Counter()
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model":
+            return httpx.Response(200, json={"serving": {"max_request_bytes": 1 << 20}})
         files = uploaded_names(request)
         if "broken.jpg" in files:
             return httpx.Response(400, json={"error": "images: 'broken.jpg': not a readable image"})
@@ -287,14 +295,14 @@ def test_outputs_have_the_service_bundle_layouts(server: Server, tmp_path: Path)
     upload = [("images", (name, data, "image/jpeg")) for name, data in images.items()]
     with httpx.Client(base_url=server.url, timeout=60) as client:
         service_csv = client.post(
-            "/predict_bundle", files=upload, data={"format": "csv", "model": "last"}
+            "/predict_bundle", files=upload, data={"format": "csv", "which": "last"}
         ).content
         service_zip = client.post(
-            "/predict_bundle", files=upload, data={"format": "zip", "model": "last"}
+            "/predict_bundle", files=upload, data={"format": "zip", "which": "last"}
         ).content
     outputs = {}
     for fmt in ("csv", "zip", "json"):
-        options = BatchOptions(url=server.url, images=folder, output=tmp_path / fmt, format=fmt, model="last")
+        options = BatchOptions(url=server.url, images=folder, output=tmp_path / fmt, format=fmt, which="last")
         assert run_batch(options).exit_code == 0
         outputs[fmt] = (tmp_path / fmt / f"predictions.{fmt}").read_bytes()
     assert outputs["csv"] == service_csv
@@ -311,6 +319,51 @@ def test_outputs_have_the_service_bundle_layouts(server: Server, tmp_path: Path)
     )
     rows = list(csv.reader(io.StringIO(outputs["csv"].decode())))
     assert [row[0] for row in rows[1:]] == sorted(images)
+
+
+@pytest.mark.slow
+def test_which_and_model_choose_the_answering_model(server: Server, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = {f"p{i}.jpg": image_bytes(70 + i) for i in range(3)}
+    for name, data in images.items():
+        (folder / name).write_bytes(data)
+    upload = [("images", (name, data, "image/jpeg")) for name, data in images.items()]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        direct = client.post("/predict", files=upload, data={"which": "last", "model": server.tag}).json()
+    assert direct["which"] == "last"
+
+    options = BatchOptions(
+        url=server.url, images=folder, output=tmp_path / "out", which="last", model=server.tag
+    )
+    assert run_batch(options).exit_code == 0
+    result = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert (result["which"], result["version"]) == ("last", direct["version"])
+    assert [image["scores"] for image in result["images"]] == [image["scores"] for image in direct["images"]]
+    header = journal_records(tmp_path / "out")[0]
+    assert (header["which"], header["model"]) == ("last", server.tag)
+
+    unknown = BatchOptions(url=server.url, images=folder, output=tmp_path / "unknown", model="no-such-model")
+    with pytest.raises(BatchError, match="the service refused this run's options: HTTP 4"):
+        run_batch(unknown)
+    assert [r["kind"] for r in journal_records(tmp_path / "unknown")] == ["header"]  # no image blamed
+
+
+@pytest.mark.slow
+def test_files_over_the_services_limit_fail_unread(server: Server, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(image_bytes(90))
+    (folder / "b.jpg").write_bytes(image_bytes(91))
+    limit = int(SERVER_ENV["MANYLABEL_MAX_REQUEST_BYTES"])
+    with open(folder / "huge.jpg", "wb") as f:  # sparse: nothing to read but zeros, were it read
+        f.truncate(limit + 1)
+    summary = run_batch(BatchOptions(url=server.url, images=folder, output=tmp_path / "out"))
+    assert summary.done == 2 and summary.exit_code == 1
+    assert summary.failed == {
+        "huge.jpg": f"too large: {limit + 1:,} bytes, over the limit of {limit:,} "
+        "(the service's max_request_bytes); not sent"
+    }
 
 
 # --- a server this module can kill --------------------------------------------------------------
@@ -384,7 +437,7 @@ def reference(killable: KillableServer, many_images: tuple[Path, list[str]], tmp
 
 
 def start_client(url: str, images: Path, output: Path, *extra: str) -> subprocess.Popen:
-    cmd = [PYTHON, "-m", "service.batch_cli", "--url", url, "--images", str(images), "--output", str(output)]
+    cmd = [PYTHON, "-m", "service", "batch", "--url", url, "--images", str(images), "--output", str(output)]
     cmd += ["--concurrency", "2", "--per-request", "2", "--no-progress", *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
