@@ -1,16 +1,21 @@
-"""service.preprocess.load_image: formats, EXIF, colour modes, JPEG draft, errors, bomb guard."""
+"""service.preprocess.load_image: formats, EXIF, colour modes, JPEG draft, errors, bomb guard.
+
+Peak memory on a 64-Mpx 16-bit image is measured in a subprocess: test_preprocess_memory.py.
+"""
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
+from service import preprocess
 from service.errors import ImageTooLargeError, InvalidImageError
 from service.manifest import Preprocessing
 from service.preprocess import load_image
@@ -98,6 +103,40 @@ def test_exif_transpose_off_keeps_the_stored_orientation() -> None:
     assert _close(out[SIZE // 2, -3], BLUE, tol=40)
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_a_corrupt_exif_block_decodes_in_the_stored_orientation() -> None:
+    png = _encode(_halves(), "PNG")
+    broken = png[:33] + _png_chunk(b"eXIf", b"\x00\x00\x00") + png[33:]  # after IHDR; Pillow 13's
+    # ImageOps.exif_transpose raises SyntaxError on it, which used to refuse the image
+    np.testing.assert_array_equal(load_image(broken, SPEC), load_image(png, SPEC))
+
+
+@pytest.mark.parametrize("error", [struct.error("unpack requires a buffer"), TypeError("len()"), ValueError])
+def test_an_exif_reader_error_is_logged_and_the_orientation_ignored(
+    error: Exception, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Image.Image) -> Image.Exif:
+        raise error
+
+    monkeypatch.setattr(Image.Image, "getexif", broken)
+    with caplog.at_level(logging.DEBUG, logger="service.preprocess"):
+        out = load_image(_with_orientation(_halves(), 6), SPEC, name="odd.jpg")
+    assert _close(out[SIZE // 2, 2], RED, tol=40)  # as stored: left half still red
+    assert any("odd.jpg: EXIF unreadable" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value", ["6", (6, 6), 9, -1])
+def test_an_orientation_of_the_wrong_type_or_range_is_ignored(
+    value: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image.Image, "getexif", lambda self: {0x0112: value})
+    out = load_image(_encode(_halves(), "PNG"), SPEC)
+    assert _close(out[SIZE // 2, 2], RED) and _close(out[SIZE // 2, -3], BLUE)
+
+
 # --- colour modes --------------------------------------------------------------------------------
 
 
@@ -157,6 +196,49 @@ def test_16_bit_greyscale_is_scaled_not_clipped(value: int, expected: int) -> No
     assert np.all(np.abs(out.astype(int) - expected) <= 1)
 
 
+def _before_the_fix(data: bytes, size: int) -> np.ndarray:
+    """The conversion load_image used to do: the whole image through float64, RGB, then resize."""
+    with Image.open(io.BytesIO(data)) as img:
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+    grey = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+    rgb = Image.fromarray(grey).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb)
+
+
+def _high_depth(kind: str, width: int = 50, height: int = 37) -> bytes:
+    rng = np.random.default_rng(3)
+    if kind == "I;16 PNG":
+        return _encode(Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16)), "PNG")
+    if kind == "I;16 TIFF":
+        return _encode(Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16)), "TIFF")
+    if kind == "I TIFF":
+        arr = rng.integers(-5000, 3_000_000, (height, width), dtype=np.int32)
+        return _encode(Image.fromarray(arr, "I"), "TIFF")
+    arr = rng.normal(2.0, 3.0, (height, width)).astype(np.float32)  # "F TIFF", negatives included
+    return _encode(Image.fromarray(arr, "F"), "TIFF")
+
+
+@pytest.mark.parametrize("kind", ["I;16 PNG", "I;16 TIFF", "I TIFF", "F TIFF"])
+def test_high_bit_depth_gives_the_same_8_bit_result_as_before(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _high_depth(kind)
+    assert Image.open(io.BytesIO(data)).mode in ("I;16", "I;16B", "I", "F")
+    monkeypatch.setattr(preprocess, "_STRIP_PIXELS", 120)  # several strips, a short last one
+    spec = Preprocessing(image_size=24)
+    out = load_image(data, spec)
+    assert out.dtype == np.uint8 and out.shape == (24, 24, 3)
+    assert int(np.abs(out.astype(int) - _before_the_fix(data, 24).astype(int)).max()) <= 1
+
+
+def test_float_nan_and_infinity_become_black_and_the_top() -> None:
+    arr = np.kron(np.array([[np.nan, 1.0], [np.inf, 2.0]], np.float32), np.ones((16, 16), np.float32))
+    out = load_image(_encode(Image.fromarray(arr, "F"), "TIFF"), Preprocessing(image_size=32))
+    assert np.all(out[:16, :16] == 0) and np.all(out[:16, 16:] == 127)  # 1 of 0..2
+    assert np.all(out[16:, :16] == 255) and np.all(out[16:, 16:] == 255)  # inf counts as the top
+
+
 # --- JPEG draft mode -----------------------------------------------------------------------------
 
 
@@ -185,21 +267,55 @@ def test_jpeg_draft_gives_identical_arrays_from_bytes_and_path(tmp_path: Path) -
 # --- errors --------------------------------------------------------------------------------------
 
 
+def _psd(width: int = 8, height: int = 6) -> bytes:
+    """A minimal valid Photoshop file (Pillow reads PSD but cannot write it): red, raw planes."""
+    head = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3) + struct.pack(">IIIH", 0, 0, 0, 0)
+    return head + b"\xff" * (width * height) + bytes(2 * width * height)
+
+
+OTHER_FORMATS = ["ICO", "PCX", "PPM", "TGA", "SGI", "QOI", "PSD"]  # valid images Pillow reads, not ours
+
+
+def _other_format(fmt: str) -> bytes:
+    data = _psd() if fmt == "PSD" else _encode(_solid(RED, (32, 32)), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # a real image of that format
+    return data
+
+
 def _invalid_inputs(tmp_path: Path) -> dict[str, bytes | Path]:
     text = tmp_path / "notes.txt"
     text.write_text("this is not an image\n")
     jpeg = _encode(_halves(256, 256), "JPEG")
+    png16 = _encode(Image.fromarray(np.arange(256 * 64, dtype=np.uint16).reshape(64, 256)), "PNG")
+    tiff = _encode(_halves(256, 256), "TIFF")
+    gif = _encode(_halves(256, 256), "GIF")
     return {
         "empty bytes": b"",
         "random bytes": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
         "truncated jpeg": jpeg[: len(jpeg) // 2],
+        "truncated 16-bit png": png16[: len(png16) // 2],
+        "truncated tiff": tiff[: len(tiff) // 2],
+        "truncated gif": gif[: len(gif) // 2],
+        "png signature then garbage": b"\x89PNG\r\n\x1a\n" + b"\xff" * 200,
         "text file": text,
-        "ico": _encode(_solid(RED, (32, 32)), "ICO"),
-        "pcx": _encode(_solid(RED, (32, 32)), "PCX"),
+        **{fmt.lower(): _other_format(fmt) for fmt in OTHER_FORMATS},
     }
 
 
-@pytest.mark.parametrize("case", ["empty bytes", "random bytes", "truncated jpeg", "text file", "ico", "pcx"])
+INVALID = [
+    "empty bytes",
+    "random bytes",
+    "truncated jpeg",
+    "truncated 16-bit png",
+    "truncated tiff",
+    "truncated gif",
+    "png signature then garbage",
+    "text file",
+    *(fmt.lower() for fmt in OTHER_FORMATS),
+]
+
+
+@pytest.mark.parametrize("case", INVALID)
 def test_unreadable_input_raises_invalid_image_error_naming_the_file(tmp_path: Path, case: str) -> None:
     source = _invalid_inputs(tmp_path)[case]
     with pytest.raises(InvalidImageError, match=r"^upload-7\.jpg: ") as info:
@@ -214,9 +330,98 @@ def test_truncated_jpeg_message_says_truncated() -> None:
         load_image(jpeg[: len(jpeg) // 2], SPEC, name="cut.jpg")
 
 
-def test_unsupported_format_message_names_the_format() -> None:
-    with pytest.raises(InvalidImageError, match="format ICO is not supported"):
+def test_another_format_is_refused_naming_the_ones_we_read() -> None:
+    with pytest.raises(InvalidImageError, match=r"^favicon\.ico: .*use JPEG, PNG, WebP, BMP, TIFF or GIF"):
         load_image(_encode(_solid(RED, (32, 32)), "ICO"), SPEC, name="favicon.ico")
+
+
+def test_no_other_plugin_parses_the_bytes() -> None:
+    """Pillow tries every registered plugin without `formats=`; ours must never see the bytes."""
+    seen: list[bytes] = []
+
+    def accept(prefix: bytes) -> bool:
+        seen.append(prefix)
+        return True
+
+    def factory(fp: object, filename: object) -> ImageFile.ImageFile:
+        raise AssertionError("a plugin outside the allow-list was asked to parse an upload")
+
+    Image.register_open("MANYLABELTEST", factory, accept)
+    try:
+        with pytest.raises(InvalidImageError):
+            load_image(b"MANYLABELTEST not any real format" * 4, SPEC)
+    finally:
+        Image.OPEN.pop("MANYLABELTEST", None)
+        Image.ID.remove("MANYLABELTEST")
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [zlib.error("invalid distance"), struct.error("bad char"), RecursionError(), IndexError(), KeyError(1)],
+    ids=lambda e: type(e).__name__,
+)
+def test_any_exception_while_decoding_becomes_invalid_image_error(
+    error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def load(self: ImageFile.ImageFile) -> None:
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(InvalidImageError, match=r"^odd\.png: not a readable image \(") as info:
+        load_image(_encode(_solid(RED), "PNG"), SPEC, name="odd.png")
+    assert not isinstance(info.value, ImageTooLargeError)
+
+
+def test_an_exception_while_opening_becomes_invalid_image_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import PngImagePlugin
+
+    def deep(self: ImageFile.ImageFile) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "_open", deep)
+    with pytest.raises(InvalidImageError, match=r"^deep\.png: not a readable image \(maximum recursion"):
+        load_image(_encode(_solid(RED), "PNG"), SPEC, name="deep.png")
+
+
+def test_memory_error_is_not_blamed_on_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    def load(self: ImageFile.ImageFile) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(MemoryError):
+        load_image(_encode(_solid(RED), "PNG"), SPEC)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns on some damaged headers
+def test_mutated_files_decode_or_raise_invalid_image_error() -> None:
+    """A small seeded fuzz: a few bytes changed in each format's file; nothing else may escape."""
+    rng = np.random.default_rng(7)
+    base = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    seeds = [
+        _encode(base, "PNG", exif=exif.tobytes()),
+        _encode(base, "JPEG", exif=exif.tobytes()),
+        _encode(base, "GIF"),
+        _encode(base, "BMP"),
+        _encode(base, "WEBP"),
+        _encode(base, "TIFF", compression="tiff_adobe_deflate", exif=exif.tobytes()),
+        _encode(Image.fromarray(rng.integers(0, 65536, (24, 32), dtype=np.uint16)), "PNG"),
+    ]
+    outcomes = {"decoded": 0, "refused": 0}
+    for seed in seeds:
+        for _ in range(40):
+            data = bytearray(seed)
+            for at in rng.integers(0, len(data), rng.integers(1, 6)):
+                data[at] = rng.integers(0, 256)
+            try:
+                load_image(bytes(data), SPEC, name="fuzz")
+                outcomes["decoded"] += 1
+            except InvalidImageError as exc:
+                assert str(exc).startswith("fuzz: ")
+                outcomes["refused"] += 1
+    assert outcomes["decoded"] > 0 and outcomes["refused"] > 0
 
 
 def test_path_without_name_uses_the_path_in_the_message(tmp_path: Path) -> None:
@@ -236,6 +441,23 @@ def test_image_over_max_pixels_raises_image_too_large() -> None:
     ):
         load_image(data, SPEC, name="big.png", max_pixels=100)
     assert load_image(data, SPEC, max_pixels=10_000).shape == (SIZE, SIZE, 3)  # the limit is inclusive
+
+
+def test_max_bytes_counts_the_bytes_a_pixel_of_the_decoded_mode() -> None:
+    data = _encode(Image.fromarray(np.zeros((100, 100), np.uint16)), "PNG")  # I;16: 2 bytes a pixel
+    with pytest.raises(
+        ImageTooLargeError,
+        match=r"deep\.png: 100x100 in mode I;16 takes 20,000 bytes decoded, over the limit of 19,999",
+    ):
+        load_image(data, SPEC, name="deep.png", max_bytes=19_999)
+    assert load_image(data, SPEC, max_bytes=20_000).shape == (SIZE, SIZE, 3)
+
+
+def test_max_bytes_defaults_to_4_bytes_a_pixel_of_max_pixels() -> None:
+    rgb = _encode(_solid(RED, (100, 100)), "PNG")  # stored as 4 bytes a pixel by Pillow
+    assert load_image(rgb, SPEC, max_pixels=10_000).shape == (SIZE, SIZE, 3)
+    with pytest.raises(ImageTooLargeError, match="40,000 bytes decoded"):
+        load_image(rgb, SPEC, max_pixels=10_000, max_bytes=39_999)
 
 
 def _png_claiming(width: int, height: int) -> bytes:
