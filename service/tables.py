@@ -1,10 +1,20 @@
-"""Plain-text statistics tables for the terminal."""
+"""Statistics tables for the terminal, drawn with rich and handed over as text.
+
+The CLIs print through a ``say`` callable (a test captures it, training logs it), so tables are
+rendered to plain text: no colour codes, no markup (a label such as ``[red]`` prints as written), and
+as wide as their content, never squeezed to the terminal.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
-from service.manifest import Manifest, SplitMetrics
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+
+from service.manifest import WHICH_MODELS, Manifest, SplitMetrics
 
 GLOBAL = (
     ("accuracy", "exact-match accuracy"),
@@ -15,35 +25,66 @@ GLOBAL = (
     ("map", "mAP"),
     ("loss", "BCE loss"),
 )
+SPLIT_COLUMNS = ("train", "validation")
+WIDE = 1 << 12  # the console's width: a table takes the width of its content
 
 
-def _fmt(value: float | None) -> str:
-    return "   -  " if value is None else f"{value:6.3f}"
+def to_text(*renderables: RenderableType | str) -> str:
+    """Tables (and lines) as plain text, one after the other."""
+    console = Console(
+        file=io.StringIO(), width=WIDE, color_system=None, markup=False, highlight=False, emoji=False
+    )
+    for renderable in renderables:
+        console.print(renderable)
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())
 
 
-def global_table(manifest: Manifest) -> str:
-    cols = [(w, s) for w in ("best", "last") for s in ("train", "validation")]
-    head = f"{'':22}" + "".join(f"{w + '/' + s[:5]:>14}" for w, s in cols)
-    lines = [head]
+def table(first: str, *numeric: str, title: str | None = None) -> Table:
+    """A table whose first column is text (left) and the others numbers (right-aligned)."""
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    t.add_column(first)
+    for header in numeric:
+        t.add_column(header, justify="right", no_wrap=True)
+    return t
+
+
+def number(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def global_table(manifest: Manifest) -> Table:
+    """The overall metrics of best and last on train and validation, and their epochs."""
+    cols = [(w, s) for w in WHICH_MODELS for s in SPLIT_COLUMNS]
+    t = table("", *(f"{w}/{s}" for w, s in cols))
     for key, title in GLOBAL:
-        cells = [getattr(manifest.models[w].metrics[s], key) for w, s in cols]
-        lines.append(f"{title:22}" + "".join(f"{_fmt(c):>14}" for c in cells))
-    epochs = "".join(f"{manifest.models[w].epoch:>14}" for w, _ in cols)
-    lines.append(f"{'epoch':22}" + epochs)
-    return "\n".join(lines)
+        t.add_row(title, *(number(getattr(manifest.models[w].metrics[s], key)) for w, s in cols))
+    t.add_row("epoch", *(str(manifest.models[w].epoch) for w, _ in cols))
+    return t
 
 
-def per_label_table(metrics: SplitMetrics, thresholds: dict[str, float]) -> str:
-    lines = [f"{'label':18}{'support':>8}{'thresh':>8}{'prec':>8}{'recall':>8}{'F1':>8}{'AP':>8}"]
+def metric_cells(m: object, threshold: float) -> list[str]:
+    """support, threshold, precision, recall, F1, AP of one label (a `LabelMetrics` or its dict)."""
+    get = m.get if isinstance(m, dict) else lambda key: getattr(m, key)
+    scores = [number(get(key)) for key in ("precision", "recall", "f1", "ap")]
+    return [str(get("support")), number(threshold), *scores]
+
+
+PER_LABEL = ("support", "thresh", "prec", "recall", "F1", "AP")
+
+
+def per_label_table(
+    metrics: SplitMetrics, thresholds: dict[str, float], *, title: str | None = None
+) -> Table:
+    t = table("label", *PER_LABEL, title=title)
     for label, m in metrics.per_label.items():
-        lines.append(
-            f"{label[:18]:18}{m.support:>8}{thresholds[label]:>8.3f}{m.precision:>8.3f}"
-            f"{m.recall:>8.3f}{m.f1:>8.3f}{_fmt(m.ap):>8}"
-        )
-    return "\n".join(lines)
+        t.add_row(label, *metric_cells(m, thresholds[label]))
+    return t
 
 
 def print_summary(result, *, say: Callable[[str], None] = print) -> None:
+    """What `manylabel train` prints when it has stored a model."""
     m: Manifest = result.manifest
     say("")
     say(f"saved {result.stored.tag} to the BentoML model store ({result.stored.path})")
@@ -51,10 +92,10 @@ def print_summary(result, *, say: Callable[[str], None] = print) -> None:
         f"time: features {result.feature_seconds:.1f} s, head {result.head_seconds:.1f} s, "
         f"total {result.total_seconds:.1f} s; {result.stopped}"
     )
-    say(global_table(m))
-    for which in ("best", "last"):
+    say(to_text(global_table(m)))
+    for which in WHICH_MODELS:
         entry = m.models[which]
-        say(f"\n{which} model (epoch {entry.epoch}), validation, thresholds from {entry.threshold_source}:")
-        say(per_label_table(entry.metrics["validation"], m.thresholds(which)))
-        for label, why in entry.threshold_fallbacks.items():
-            say(f"  note: {label}: {why}")
+        title = f"{which} model (epoch {entry.epoch}), validation, thresholds from {entry.threshold_source}:"
+        labels = per_label_table(entry.metrics["validation"], m.thresholds(which), title=title)
+        notes = [f"  note: {label}: {why}" for label, why in entry.threshold_fallbacks.items()]
+        say(to_text("", labels, *notes))

@@ -1,7 +1,8 @@
-"""`manylabel stats | predictions | report | thresholds`: thin CLIs over `service.inspect`.
+"""`manylabel stats | predictions | report | thresholds`: thin CLIs over `service.inspect.inspector`.
 
 Every answer comes from the scores stored with the model (records.npz): nothing is re-inferred, and
-no torch is imported. NAME is `name` (latest version) or `name:version`.
+no torch is imported. NAME is `name` (latest version) or `name:version`. Tables are rich's
+(`service.tables`); ``--json`` prints the answer the HTTP route gives.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 
 from service import custom_thresholds
 from service.errors import ThresholdError
-from service.inspect import FILTERS, PROFILES, SORTS, SPLITS
-from service.inspector import Inspector
+from service.inspect.inspector import Inspector
+from service.inspect.records import FILTERS, SORTS, SPLITS
 from service.manifest import WHICH_MODELS
-from training.report import GLOBAL
+from service.tables import GLOBAL, PER_LABEL, metric_cells, number, table, to_text
+from service.thresholds import PROFILES
 
 Say = Callable[[str], None]
 
@@ -111,26 +113,19 @@ def _thresholds_kw(args: argparse.Namespace) -> dict:
 # --- stats ------------------------------------------------------------------------------------------
 
 
-def _f(value: float | None, width: int = 8) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
-
-
 def stats_text(answer: dict) -> str:
     splits = answer["splits"]
-    lines = [f"{'':22}" + "".join(f"{s:>14}" for s in splits)]
+    overall = table("", *splits)
     for key, title in GLOBAL:
-        lines.append(f"{title:22}" + "".join(_f(m[key], 14) for m in splits.values()))
+        overall.add_row(title, *(number(m[key]) for m in splits.values()))
+    tables = [overall]
     for split, m in splits.items():
-        lines += ["", f"{split}, per label:"]
-        head = ("support", "thresh", "prec", "recall", "F1", "AP", "TP", "FP", "FN", "TN")
-        lines.append(f"{'label':18}" + "".join(f"{h:>8}" for h in head))
+        t = table("label", *PER_LABEL, "TP", "FP", "FN", "TN", title=f"{split}, per label:")
         for label, lm in m["per_label"].items():
-            c = m["confusion"][label]
-            cells = [f"{lm['support']:>8}", _f(answer["thresholds"][label]), _f(lm["precision"])]
-            cells += [_f(lm["recall"]), _f(lm["f1"]), _f(lm["ap"])]
-            cells += [f"{c[k]:>8}" for k in ("tp", "fp", "fn", "tn")]
-            lines.append(f"{label[:18]:18}" + "".join(cells))
-    return "\n".join(lines)
+            counts = [str(m["confusion"][label][k]) for k in ("tp", "fp", "fn", "tn")]
+            t.add_row(label, *metric_cells(lm, answer["thresholds"][label]), *counts)
+        tables += ["", t]
+    return to_text(*tables)
 
 
 def _heading(answer: dict) -> str:
@@ -149,26 +144,27 @@ def cmd_stats(args: argparse.Namespace, say: Say = print) -> int:
 
 def predictions_text(answer: dict, *, advanced: bool) -> str:
     narrowed = f" on {answer['label']}" if answer["label"] else ""
-    lines = [
+    heading = (
         f"{answer['split']}, filter {answer['filter']}{narrowed}, sort {answer['sort']} {answer['order']}: "
         f"{answer['total']} images, page {answer['page']} of {max(answer['pages'], 1)}"
-    ]
-    width = max([len(i["name"]) for i in answer["items"]] + [4])
+    )
     labels = list(answer["thresholds"])
-    head = f"{'row':>6}  {'name':{width}}  ok  "
-    lines.append(head + ("".join(f"{lab[:9]:>10}" for lab in labels) if advanced else "true -> predicted"))
+    t = table("row", "name", "ok", *(labels if advanced else ["true -> predicted"]))
+    t.columns[0].justify, t.columns[1].justify, t.columns[2].justify = "right", "left", "left"
     for item in answer["items"]:
-        row = f"{item['row']:>6}  {item['name']:{width}}  {'yes' if item['correct'] else 'NO ':3} "
+        row = [str(item["row"]), item["name"], "yes" if item["correct"] else "NO"]
         if advanced:  # score, * when above the threshold, ! when that label is wrong
-            cells = [
+            row += [
                 f"{v['score']:.3f}{'*' if v['above'] else ' '}{' ' if v['correct'] else '!'}"
                 for v in item["labels"].values()
             ]
-            lines.append(row + "".join(f"{c:>10}" for c in cells))
         else:
             predicted = ", ".join(f"{lab} {s:.2f}" for lab, s in item["scores"].items()) or "-"
-            lines.append(row + f"{', '.join(item['true']) or '-'} -> {predicted}")
-    return "\n".join(lines)
+            row.append(f"{', '.join(item['true']) or '-'} -> {predicted}")
+        t.add_row(*row)
+    if not advanced:
+        t.columns[-1].justify = "left"
+    return to_text(heading, t)
 
 
 def cmd_predictions(args: argparse.Namespace, say: Say = print) -> int:
@@ -196,8 +192,8 @@ def cmd_predictions(args: argparse.Namespace, say: Say = print) -> int:
 
 
 def cmd_report(args: argparse.Namespace, say: Say = print) -> int:
+    from service.inspect.report import write_report
     from service.store import load_model
-    from training.report_html import write_report
 
     path = write_report(load_model(args.name), args.output, profile=args.profile)
     say(f"wrote {path}")
@@ -205,19 +201,16 @@ def cmd_report(args: argparse.Namespace, say: Say = print) -> int:
 
 
 def thresholds_text(state: dict, manifest) -> str:
-    lines = [f"{state['model']} thresholds (custom ones are used by the service and the inspect views):"]
-    lines.append(f"{'label':18}" + "".join(f"{w + ' opt':>12}{w + ' used':>12}" for w in WHICH_MODELS))
+    heading = f"{state['model']} thresholds (custom ones are used by the service and the inspect views):"
+    t = table("label", *(f"{w} {kind}" for w in WHICH_MODELS for kind in ("opt", "used")))
     for label in manifest.labels:
         cells = []
         for w in WHICH_MODELS:
             mark = "*" if label in state["custom"][w] else " "
-            cells += [
-                f"{manifest.thresholds(w)[label]:>12.3f}",
-                f"{state['thresholds'][w][label]:>11.3f}{mark}",
-            ]
-        lines.append(f"{label[:18]:18}" + "".join(cells))
-    lines.append("* custom value; `manylabel thresholds NAME --reset` goes back to the optimised ones")
-    return "\n".join(lines)
+            cells += [number(manifest.thresholds(w)[label]), number(state["thresholds"][w][label]) + mark]
+        t.add_row(label, *cells)
+    footnote = "* custom value; `manylabel thresholds NAME --reset` goes back to the optimised ones"
+    return to_text(heading, t, footnote)
 
 
 def cmd_thresholds(args: argparse.Namespace, say: Say = print) -> int:

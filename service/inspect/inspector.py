@@ -1,95 +1,25 @@
 """`Inspector`: one stored model's records and custom thresholds, answering as JSON-ready dicts.
 
-The service's inspect endpoints and the CLI both call it; `Inspector.query(endpoint, params)` turns an
-HTTP query string into one of its calls, so each endpoint is a thin wrapper. The numbers come from the
-pure functions in `service.inspect`.
+The service's inspect routes and the CLI both call it: a route validates its query string into a
+`service.inspect.queries` model and calls the method of the same name with ``query.arguments()``. The
+numbers come from the pure functions in `service.inspect.views` and `service.inspect.review`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from service import custom_thresholds
-from service.errors import ThresholdError
-from service.inspect import (
-    SPLITS,
-    InspectError,
-    ModelRecords,
-    Thresholds,
-    check_choice,
-    confusion,
-    curves,
-    predictions,
-    resolve_thresholds,
-)
-from service.inspect_review import diff, label_pairs, mislabel_candidates
+from service.errors import RequestError, ThresholdError
+from service.inspect.records import SPLITS, ModelRecords
+from service.inspect.review import diff, label_pairs, mislabel_candidates
+from service.inspect.views import confusion, curves, predictions
 from service.manifest import WHICH_MODELS, Manifest, SplitMetrics
+from service.thresholds import Thresholds, check_choice, resolve
 
-# --- one stored model, for the service and the CLI --------------------------------------------------
-
-
-def _as_int(field: str, value: object) -> int:
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InspectError(f"{field}: {value!r} is not an integer", field=field) from None
-
-
-def _as_float(field: str, value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InspectError(
-            f"{field}: {value!r} is not a number; give a number in [0, 1]", field=field
-        ) from None
-
-
-def _as_object(field: str, value: object) -> dict:
-    try:
-        parsed = json.loads(value) if isinstance(value, str) else value
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise InspectError(
-            f'{field}: {value!r} is not a JSON object label -> threshold, e.g. {{"cat": 0.4}}', field=field
-        )
-    return parsed
-
-
-# query parameter -> (keyword argument, parser); "model" is best | last, as in POST /predict
-_THRESHOLD_PARAMS = {
-    "model": ("which", str),
-    "profile": ("profile", str),
-    "threshold": ("threshold", _as_float),
-    "thresholds": ("thresholds", _as_object),
-}
-_SPLIT = {"split": ("split", str)}
-_QUERY = {
-    "stats": {**_THRESHOLD_PARAMS, **_SPLIT},
-    "pr_curve": {
-        **_THRESHOLD_PARAMS,
-        **_SPLIT,
-        "label": ("label", str),
-        "max_points": ("max_points", _as_int),
-    },
-    "predictions": {
-        **_THRESHOLD_PARAMS,
-        **_SPLIT,
-        **{k: (k, str) for k in ("filter", "label", "sort", "order", "view")},
-        **{k: (k, _as_int) for k in ("page", "page_size")},
-    },
-    "diff": {**_SPLIT, "profile": ("profile", str), "limit": ("limit", _as_int)},
-    "pairs": {**_THRESHOLD_PARAMS, **_SPLIT, "top": ("top", _as_int)},
-    "mislabelled": {
-        "model": ("which", str),
-        **_SPLIT,
-        "limit": ("limit", _as_int),
-        "min_gap": ("min_gap", _as_float),
-    },
-}
+UPDATE_FIELDS = ("which", "set", "all", "reset")
 
 
 class Inspector:
@@ -97,7 +27,7 @@ class Inspector:
 
     Every answer names the model, which model, the threshold profile and the thresholds it used.
     Threshold arguments, shared by every method that applies thresholds: ``profile`` (see
-    `resolve_thresholds`; default the custom values once set), ``threshold`` (one value for every
+    `service.thresholds.resolve`; default the custom values once set), ``threshold`` (one value for every
     label) and ``thresholds`` (label -> value), applied for this call only.
     """
 
@@ -117,7 +47,7 @@ class Inspector:
         self, which: str = "best", *, profile: str | None = None, threshold: object = None, thresholds=None
     ) -> Thresholds:
         custom = self.custom.custom()
-        return resolve_thresholds(
+        return resolve(
             self.manifest, which, profile=profile, custom=custom, threshold=threshold, overrides=thresholds
         )
 
@@ -189,7 +119,7 @@ class Inspector:
         return {"model": self.tag, "which": which, "split": split, "min_gap": min_gap, "items": items}
 
     def image(self, split: str, name: str) -> bytes:
-        """JPEG bytes of a train/validation image's thumbnail (InspectError 404 when unknown)."""
+        """JPEG bytes of a train/validation image's thumbnail (RequestError 404 when unknown)."""
         return self.records.thumbnail(split, name)
 
     def custom_state(self) -> dict:
@@ -197,20 +127,22 @@ class Inspector:
         return {"model": self.tag, **self.custom.describe()}
 
     def update_thresholds(self, body: Mapping[str, Any]) -> dict:
-        """Persist a change: ``{"model": "best"|"last"|"both", and one of "set": {label: value},
-        "all": value, "reset": true | [labels]}``; answers `custom_state()`. Default model: best."""
+        """Persist a change: ``{"which": "best"|"last"|"both", and one of "set": {label: value},
+        "all": value, "reset": true | [labels]}``; answers `custom_state()`. Default: best; both for
+        a reset. Checked here rather than by a pydantic model so that a value is refused with the
+        core's threshold message (`service.thresholds.check_threshold`), as the CLI refuses it."""
         if not isinstance(body, Mapping):
-            raise InspectError("body: expected a JSON object", field="body")
-        unknown = sorted(set(body) - {"model", "set", "all", "reset"})
+            raise RequestError("body: expected a JSON object", field="body")
+        unknown = sorted(set(body) - set(UPDATE_FIELDS))
         if unknown:
-            raise InspectError(
-                f"body: unknown fields {unknown}; use model and one of set, all, reset", field=unknown[0]
+            raise RequestError(
+                f"body: unknown fields {unknown}; use which and one of set, all, reset", field=unknown[0]
             )
         # `is not` on purpose: `0 in (None, False)` is True, and {"all": 0} is a valid request.
         actions = [k for k in ("set", "all", "reset") if body.get(k) is not None and body.get(k) is not False]
         if len(actions) != 1:
-            raise InspectError("body: give exactly one of set, all, reset", field="body")
-        which = check_choice("model", body.get("model", "best"), (*WHICH_MODELS, custom_thresholds.BOTH))
+            raise RequestError("body: give exactly one of set, all, reset", field="body")
+        which = check_choice("which", body.get("which", "best"), (*WHICH_MODELS, custom_thresholds.BOTH))
         try:
             if actions == ["set"]:
                 self.custom.set_values(body["set"], which=which)
@@ -221,27 +153,9 @@ class Inspector:
                 if labels is not True and not (
                     isinstance(labels, list) and all(isinstance(x, str) for x in labels)
                 ):
-                    raise InspectError("reset: give true or a list of labels", field="reset")
-                which = which if "model" in body else custom_thresholds.BOTH
+                    raise RequestError("reset: give true or a list of labels", field="reset")
+                which = which if "which" in body else custom_thresholds.BOTH
                 self.custom.reset(which=which, labels=None if labels is True else labels)
         except ThresholdError as exc:
-            raise InspectError(str(exc), field=actions[0]) from exc
+            raise RequestError(str(exc), field=actions[0]) from exc
         return self.custom_state()
-
-    def query(self, endpoint: str, params: Mapping[str, str]) -> dict:
-        """Answer ``GET /{endpoint}?{params}`` (string values, as in a query string)."""
-        spec = _QUERY.get(endpoint)
-        if spec is None:
-            raise InspectError(f"unknown inspect endpoint {endpoint!r}", status=404)
-        params = {k: v for k, v in params.items() if v != ""}  # an empty form field means "not given"
-        unknown = sorted(set(params) - set(spec))
-        if unknown:
-            raise InspectError(f"{unknown[0]}: unknown parameter; expected {sorted(spec)}", field=unknown[0])
-        kwargs = {spec[k][0]: spec[k][1](k, v) if spec[k][1] is not str else v for k, v in params.items()}
-        try:
-            return getattr(self, endpoint)(**kwargs)
-        except ThresholdError as exc:
-            field = str(exc).split(":", 1)[0].split("[", 1)[0]
-            raise InspectError(
-                str(exc), field=field if field in ("threshold", "thresholds") else "thresholds"
-            ) from exc

@@ -1,7 +1,8 @@
 """Review views over the stored per-image records: best vs last, label pairs, likely mislabels.
 
-Same conventions as `service.inspect` (a label is above when ``score >= threshold``), which these
-build on; pure numpy, no re-inference.
+Same conventions as `service.inspect.views` (a label is above when ``score >= threshold``); pure numpy
+over `service.inspect.records.ModelRecords`, no re-inference. ``limit`` is at most `MAX_PAGE_SIZE`, like
+a gallery page: a request lists no more than that many images.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from service.inspect import InspectError, ModelRecords, check_choice
+from service.errors import RequestError
+from service.inspect.records import MAX_PAGE_SIZE, ModelRecords
 from service.manifest import WHICH_MODELS
+from service.thresholds import check_which
 
 
 def _delta(a: float | None, b: float | None) -> float | None:
@@ -24,6 +27,7 @@ def diff(records: ModelRecords, split: str, thresholds: Mapping[str, np.ndarray]
     Per label: AP, F1, and the images whose verdict (above / below) changes, split into ``fixed``
     (wrong with best, right with last) and ``broken``; per image: the image-level verdicts that change.
     """
+    _count("limit", limit, maximum=MAX_PAGE_SIZE)
     rows, y, _ = records.view("best", split)
     above = {w: records.scores[w][rows] >= thresholds[w] for w in WHICH_MODELS}
     right = {w: above[w] == y for w in WHICH_MODELS}
@@ -31,7 +35,7 @@ def diff(records: ModelRecords, split: str, thresholds: Mapping[str, np.ndarray]
     names = records.names[rows]
 
     def listed(mask: np.ndarray) -> list[str]:
-        return [str(n) for n in names[mask][: _count("limit", limit)]]
+        return [str(n) for n in names[mask][:limit]]
 
     per_label = {}
     for j, label in enumerate(records.labels):
@@ -100,9 +104,11 @@ def _top(counts: np.ndarray, top: int) -> list[tuple[int, int, int]]:
     return [(int(counts[a[k], b[k]]), int(a[k]), int(b[k])) for k in order]
 
 
-def _count(field: str, value: int) -> int:
+def _count(field: str, value: int, *, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InspectError(f"{field}: {value!r} must be an integer >= 0", field=field)
+        raise RequestError(f"{field}: {value!r} must be an integer >= 0", field=field)
+    if maximum is not None and value > maximum:
+        raise RequestError(f"{field}: {value!r} must be an integer in [0, {maximum}]", field=field)
     return value
 
 
@@ -116,10 +122,10 @@ def mislabel_candidates(
     validation rows. ``gap = |truth - score|``; pairs with ``gap >= min_gap`` are kept. A high score on
     an unlabelled label suggests ``missing label?``, a low score on a given label ``spurious label?``.
     """
-    check_choice("model", which, WHICH_MODELS)
-    _count("limit", limit)
+    check_which(which)
+    _count("limit", limit, maximum=MAX_PAGE_SIZE)
     if not 0.0 <= min_gap <= 1.0:
-        raise InspectError(f"min_gap: {min_gap!r} is not in [0, 1]", field="min_gap")
+        raise RequestError(f"min_gap: {min_gap!r} is not in [0, 1]", field="min_gap")
     rows = np.arange(len(records.names)) if split is None else records.rows(split)
     p = records.scores[which][rows].copy()
     source = np.where(records.split[rows] == "train", "train (seen)", "validation").astype(object)

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from service import custom_thresholds
-from service.inspector import Inspector
+from service.cli import main
+from service.inspect.inspector import Inspector
 from service.metrics import image_correct
 from service.store import load_model
-from training.cli import main
 from training.config import TrainConfig
-from training.train import fit
+from training.fit import fit
 
 pytestmark = pytest.mark.slow
 NAME = "inspect-colours"
@@ -141,7 +141,7 @@ def test_thresholds_persist_and_drive_the_statistics(stored, capsys):
 )
 def test_errors_are_a_message_and_exit_2(stored, capsys, argv, message):
     code, out, err = run(capsys, *argv)
-    assert code == 2 and err.startswith("error: ") and message in err
+    assert code == 2 and err.startswith("manylabel: error: ") and message in err
     assert not (stored.path / custom_thresholds.CUSTOM_THRESHOLDS_FILE).exists()
 
 
@@ -158,7 +158,7 @@ def test_report_is_one_self_contained_html_file(stored, capsys, tmp_path):
     assert [f.name for f in files] == [f"report-{stored.name}-{stored.version}.html"] and str(files[0]) in out
     text = files[0].read_text(encoding="utf-8")
     assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>")
-    assert text.count("data:image/png;base64,") == 4  # best/last × train/validation PR curves
+    assert text.count("<svg") == len(LABELS) + 1  # PR curves: pooled, then one chart per label
     assert "data:image/jpeg;base64," in text  # mislabel candidates with their thumbnails
     assert not re.search(r"""(src|href)=["']?(https?:|//|/)""", text)  # nothing to fetch
     for section in ("Statistics", "Best vs last", "Label pairs", "Likely mislabelled images"):
@@ -167,42 +167,22 @@ def test_report_is_one_self_contained_html_file(stored, capsys, tmp_path):
 
 def test_saved_thresholds_are_the_default_of_in_process_predict(stored, capsys, tmp_path):
     """`manylabel predict` uses custom_thresholds.json like the service; --threshold still wins."""
-    image = [tmp_path / "red.png"]
-    Image.fromarray(np.full((64, 64, 3), (220, 30, 30), np.uint8)).save(image[0])
+    image = tmp_path / "red.png"
+    Image.fromarray(np.full((64, 64, 3), (220, 30, 30), np.uint8)).save(image)
     out_file = tmp_path / "p.json"
+    predict = ["predict", "--model", NAME, "--images", str(image), "--format", "json"]
+    predict += ["--output", str(out_file)]
+
+    def used() -> dict[str, float]:
+        return json.loads(out_file.read_text())["images"][0]["thresholds"]
+
     try:
         assert run(capsys, "thresholds", NAME, "--all", "0.97")[0] == 0
-        code, _, err = run(
-            capsys,
-            "predict",
-            "--model",
-            NAME,
-            "--images",
-            str(image[0]),
-            "--format",
-            "json",
-            "--output",
-            str(out_file),
-        )
+        code, _, err = run(capsys, *predict)
         assert code == 0, err
-        used = json.loads(out_file.read_text())["images"][0]["thresholds"]
-        assert used == dict.fromkeys(stored.manifest.labels, 0.97)
-        code, _, _ = run(
-            capsys,
-            "predict",
-            "--model",
-            NAME,
-            "--images",
-            str(image[0]),
-            "--threshold",
-            "0.2",
-            "--format",
-            "json",
-            "--output",
-            str(out_file),
-        )
-        assert json.loads(out_file.read_text())["images"][0]["thresholds"] == dict.fromkeys(
-            stored.manifest.labels, 0.2
-        )
+        assert used() == dict.fromkeys(stored.manifest.labels, 0.97)
+        code, _, err = run(capsys, *predict, "--threshold", "0.2")
+        assert code == 0, err
+        assert used() == dict.fromkeys(stored.manifest.labels, 0.2)
     finally:
         assert run(capsys, "thresholds", NAME, "--reset")[0] == 0

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from bentoserve import free_port, start_serve, stop, wait_ready
 from PIL import Image
-from tinymodel import SAVE_SCRIPT, tiny_onnx
+from support.bentoserve import free_port, start_serve, stop, wait_ready
+from support.tinymodel import SAVE_SCRIPT, tiny_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

@@ -35,6 +35,7 @@ def _expect_error(response: httpx.Response, status: int, field: str | None, word
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
+    assert set(body) <= {"error", "field", "file"}, body  # the one shape: never FastAPI's {"detail": ...}
     assert body["field"] == field, body
     assert words in body["error"], body
     return body
@@ -68,13 +69,13 @@ def test_stats_gives_train_and_validation_at_the_optimised_thresholds(client: ht
 
 
 def test_stats_follow_a_threshold_override(client: httpx.Client) -> None:
-    body = client.get("/stats", params={"thresholds": json.dumps({"cat": 0.05}), "model": "last"}).json()
+    body = client.get("/stats", params={"thresholds": json.dumps({"cat": 0.05}), "which": "last"}).json()
     assert body["which"] == "last" and body["overridden"] == ["cat"]
     assert body["thresholds"]["cat"] == 0.05 and body["thresholds"]["dog"] == THRESHOLDS["last"][1]
     precision, recall = _precision_recall("train", "last", [0.05, *THRESHOLDS["last"][1:]])
     got = body["splits"]["train"]["per_label"]["cat"]
     assert got["precision"] == pytest.approx(precision[0]) and got["recall"] == pytest.approx(recall[0])
-    default = client.get("/stats", params={"model": "last"}).json()
+    default = client.get("/stats", params={"which": "last"}).json()
     assert default["splits"]["train"]["per_label"]["cat"] != got
 
 
@@ -83,7 +84,7 @@ def test_stats_follow_a_threshold_override(client: httpx.Client) -> None:
     [
         ({"split": "test"}, "split", "'test' is not one of ['train', 'validation']"),
         ({"profile": "lenient"}, "profile", "'lenient' is not one of"),
-        ({"model": "middle"}, "model", "'middle' is not one of ['best', 'last']"),
+        ({"which": "middle"}, "which", "'middle' is not one of ['best', 'last']"),
         ({"threshold": "1.5"}, "threshold", "outside [0, 1]"),
         ({"threshold": "-0.1"}, "threshold", "outside [0, 1]"),
         ({"threshold": "nan"}, "threshold", "outside [0, 1]"),
@@ -91,7 +92,7 @@ def test_stats_follow_a_threshold_override(client: httpx.Client) -> None:
         ({"thresholds": '{"zebra": 0.3}'}, "thresholds", "unknown label 'zebra'"),
         ({"thresholds": '{"cat": NaN}'}, "thresholds", "outside [0, 1]"),
         ({"thresholds": "[0.3]"}, "thresholds", "is not a JSON object"),
-        ({"filter": "all"}, "filter", "unknown parameter"),
+        ({"filter": "all"}, "filter", "unknown parameter; expected ['model', 'profile', 'split', 'thr"),
     ],
 )
 def test_stats_refuses_bad_parameters(client: httpx.Client, params: dict, field: str, words: str) -> None:
@@ -221,7 +222,10 @@ def test_diff_pairs_and_mislabelled_answer(client: httpx.Client) -> None:
         ("/diff", {"split": "test"}, "split", "is not one of"),
         ("/pairs", {"top": "x"}, "top", "not an integer"),
         ("/mislabelled", {"min_gap": "2"}, "min_gap", "not in [0, 1]"),
-        ("/mislabelled", {"model": "first"}, "model", "is not one of"),
+        ("/mislabelled", {"which": "first"}, "which", "is not one of"),
+        ("/mislabelled", {"limit": "501"}, "limit", "[0, 500]"),
+        ("/diff", {"limit": "501"}, "limit", "[0, 500]"),
+        ("/mislabelled", {"limit": "many"}, "limit", "not an integer"),
     ],
 )
 def test_other_views_refuse_bad_parameters(
@@ -232,7 +236,44 @@ def test_other_views_refuse_bad_parameters(
 
 def test_wrong_method_is_json_405(client: httpx.Client) -> None:
     r = client.delete("/stats")
-    assert r.status_code == 405 and r.json()["error"] == "Method Not Allowed"
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed", "field": None}
+
+
+ROUTES = ["/stats", "/pr_curve", "/predictions", "/diff", "/pairs", "/mislabelled", "/thresholds"]
+
+
+@pytest.mark.parametrize("path", [*ROUTES, f"/image/train/{quote(NAMES[0])}"])
+def test_model_names_the_served_model(client: httpx.Client, path: str) -> None:
+    served = client.get("/model").json()
+    for model in (served["name"], f"{served['name']}:{served['version']}"):
+        r = client.get(path, params={"model": model})
+        assert r.status_code == 200, (model, r.text)
+    for model in ("other-model", f"{served['name']}:0000", "best"):  # best | last is `which` now
+        _expect_error(client.get(path, params={"model": model}), 404, "model", "is not served here")
+
+
+def test_docs_list_the_inspect_routes_with_their_parameters(client: httpx.Client) -> None:
+    r = client.get("/docs.json")
+    assert r.status_code == 200, r.text
+    paths = r.json()["paths"]
+    viewed = {"model", "which", "split", "profile", "threshold", "thresholds"}  # a model at thresholds
+    expected = {
+        "/stats": viewed,
+        "/pr_curve": viewed | {"label", "max_points"},
+        "/predictions": viewed | {"filter", "label", "sort", "order", "page", "page_size", "view"},
+        "/diff": {"model", "split", "profile", "limit"},
+        "/pairs": viewed | {"top"},
+        "/mislabelled": {"model", "which", "split", "limit", "min_gap"},
+        "/thresholds": {"model"},
+    }
+    for path, names in expected.items():
+        listed = {p["name"] for p in paths[path]["get"]["parameters"] if p["in"] == "query"}
+        assert names <= listed, (path, listed)
+        assert "422" not in paths[path]["get"]["responses"]  # refusals are 4xx {"error", "field"}
+    split = next(p for p in paths["/predictions"]["get"]["parameters"] if p["name"] == "split")
+    assert split["schema"]["enum"] == ["train", "validation"]
+    body = paths["/thresholds"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"which", "set", "all", "reset"}
 
 
 # --- /image -----------------------------------------------------------------------------------------
@@ -295,10 +336,21 @@ def test_page_files(client: httpx.Client, path: str, media_type: str, words: str
     assert r.status_code == 200 and r.headers["content-type"].startswith(media_type)
     assert words in r.text
     assert "default-src 'self'" in r.headers["content-security-policy"]  # nothing from elsewhere
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-cache"
 
 
 @pytest.mark.parametrize(
-    "path", ["/ui/missing.js", "/ui/%2E%2E%2Finspect_app.py", "/ui/..%2Fservice.py", "/ui/ui", "/ui/a/b"]
+    "path",
+    [
+        "/ui/missing.js",
+        "/ui/%2E%2E%2Finspect.py",
+        "/ui/..%2Fservice.py",
+        "/ui/..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/ui/%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/passwd",
+        "/ui/%2Fetc%2Fpasswd",
+        "/ui/ui",
+        "/ui/a/b",
+    ],
 )
 def test_page_serves_only_its_own_files(client: httpx.Client, path: str) -> None:
     _expect_error(client.get(path), 404, "file", "no page file named")
@@ -339,7 +391,8 @@ def test_changing_thresholds_needs_the_token(client: httpx.Client, headers: dict
         ('{"set": {}}', 400, "set", "name at least one label"),
         ('{"all": -1}', 400, "all", "outside [0, 1]"),
         ('{"all": true}', 400, "all", "is not a number"),
-        ('{"model": "middle", "all": 0.3}', 400, "model", "is not one of"),
+        ('{"which": "middle", "all": 0.3}', 400, "which", "is not one of"),
+        ('{"model": "best", "all": 0.3}', 400, "model", "unknown fields ['model']; use which"),
         ('{"reset": "cat"}', 400, "reset", "give true or a list of labels"),
         ('{"reset": ["zebra"]}', 400, "reset", "unknown labels"),
         ("{}", 400, "body", "exactly one of set, all, reset"),
@@ -377,13 +430,13 @@ def test_saved_thresholds_become_the_default_everywhere(
 ) -> None:
     try:
         zeros = dict.fromkeys(LABELS, 0.0)
-        r = client.post("/thresholds", json={"model": "best", "set": zeros}, headers=auth)
+        r = client.post("/thresholds", json={"which": "best", "set": zeros}, headers=auth)
         assert r.status_code == 200, r.text
         assert r.json()["custom"]["best"] == dict.fromkeys(LABELS, 0.0)
         answer = _predict(server.url)
         assert all(image["thresholds"] == dict.fromkeys(LABELS, 0.0) for image in answer["images"])
         assert all(image["predicted"] == LABELS for image in answer["images"])  # every score >= 0
-        assert _predict(server.url, model="last")["images"][0]["thresholds"]["cat"] == THRESHOLDS["last"][0]
+        assert _predict(server.url, which="last")["images"][0]["thresholds"]["cat"] == THRESHOLDS["last"][0]
         assert (
             _predict(server.url, threshold="1")["images"][0]["predicted"] == []
         )  # a request still overrides
@@ -407,7 +460,7 @@ def test_saved_thresholds_survive_a_restart(tmp_path: Path, model_dir: Path) -> 
     save_to_store(model_dir, home)
     first = Server.start(home, tmp_path / "first.log")  # no token configured: no Authorization needed
     try:
-        r = httpx.post(f"{first.url}/thresholds", json={"model": "both", "set": {"dog": 0.125}})
+        r = httpx.post(f"{first.url}/thresholds", json={"which": "both", "set": {"dog": 0.125}})
         assert r.status_code == 200, r.text
     finally:
         first.stop()
@@ -416,7 +469,7 @@ def test_saved_thresholds_survive_a_restart(tmp_path: Path, model_dir: Path) -> 
         state = httpx.get(f"{second.url}/thresholds").json()
         assert state["custom"] == {"best": {"dog": 0.125}, "last": {"dog": 0.125}}
         assert _predict(second.url)["images"][0]["thresholds"] == {"cat": 0.5, "dog": 0.125, "bird": 0.5}
-        assert _predict(second.url, model="last")["images"][1]["thresholds"]["dog"] == 0.125
+        assert _predict(second.url, which="last")["images"][1]["thresholds"]["dog"] == 0.125
         stats = httpx.get(f"{second.url}/stats", params={"split": "validation"}).json()
         assert stats["profile"] == "custom" and stats["thresholds"]["dog"] == 0.125
     finally:

@@ -253,7 +253,7 @@ def test_upload_two_images_and_download_the_csv(page, server: Server, tmp_path: 
     direct = httpx.post(
         f"{server.url}/predict",
         files=[("images", (f["name"], f["buffer"])) for f in files],
-        data={"model": "last"},
+        data={"which": "last"},
         timeout=60,
     ).json()
     for row, image in zip(table[1:], direct["images"], strict=True):

@@ -1,5 +1,5 @@
 """service.inspect on hand-made records: correctness semantics, filters, sorting, pagination, statistics
-after a threshold change, best-vs-last diff, label pairs, mislabel candidates, thumbnails, the query API.
+after a threshold change, best-vs-last diff, label pairs, mislabel candidates, thumbnails, custom thresholds.
 
 The validation split (thresholds cat 0.5, dog 0.4, bird 0.6; ``>=`` is above):
 
@@ -14,7 +14,6 @@ The validation split (thresholds cat 0.5, dog 0.4, bird 0.6; ``>=`` is above):
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -22,20 +21,14 @@ import numpy as np
 import pytest
 
 from service import custom_thresholds
-from service.errors import ThresholdError
-from service.inspect import (
-    InspectError,
-    ModelRecords,
-    confusion,
-    curves,
-    predictions,
-    resolve_thresholds,
-    select,
-)
-from service.inspect_review import diff, label_pairs, mislabel_candidates
-from service.inspector import Inspector
+from service.errors import RequestError, ThresholdError
+from service.inspect.inspector import Inspector
+from service.inspect.records import MAX_PAGE_SIZE, ModelRecords
+from service.inspect.review import diff, label_pairs, mislabel_candidates
+from service.inspect.views import confusion, curves, predictions, select
 from service.manifest import Backbone, Manifest, ModelEntry
 from service.metrics import pr_curves, split_metrics
+from service.thresholds import resolve as resolve_thresholds
 
 LABELS = ["cat", "dog", "bird"]
 TH = [0.5, 0.4, 0.6]
@@ -112,12 +105,11 @@ def records() -> ModelRecords:
     return make_records()
 
 
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
+def write_model(folder: Path, manifest: Manifest | None = None) -> Path:
     """A stored-model folder: manifest.json, records.npz and thumbnails.zip without t1.jpg's member."""
-    make_manifest().write(tmp_path)
+    (manifest or make_manifest()).write(folder)
     np.savez(
-        tmp_path / "records.npz",
+        folder / "records.npz",
         names=np.array(NAMES),
         split=np.array(SPLIT),
         y_true=Y.astype(np.uint8),
@@ -126,11 +118,16 @@ def model_dir(tmp_path: Path) -> Path:
         oof_best=OOF,
         oof_last=OOF,
     )
-    with zipfile.ZipFile(tmp_path / "thumbnails.zip", "w") as zf:
+    with zipfile.ZipFile(folder / "thumbnails.zip", "w") as zf:
         for row in range(len(NAMES)):
             if row != 1:
                 zf.writestr(f"{row:06d}.jpg", f"jpeg {row}".encode())
-    return tmp_path
+    return folder
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return write_model(tmp_path)
 
 
 @pytest.fixture
@@ -266,15 +263,15 @@ def test_basic_view_has_only_the_predicted_labels(records):
     ],
 )
 def test_bad_prediction_arguments_name_the_field(records, kwargs, field):
-    with pytest.raises(InspectError) as err:
+    with pytest.raises(RequestError) as err:
         predictions(records, "best", "validation", TH_ARR, **kwargs)
     assert err.value.field == field and err.value.status == 400 and field in str(err.value)
 
 
-def test_unknown_split_and_model(records):
-    with pytest.raises(InspectError, match="split"):
+def test_unknown_split_and_which(records):
+    with pytest.raises(RequestError, match="split"):
         select(records, "best", "test", TH_ARR)
-    with pytest.raises(InspectError, match="model"):
+    with pytest.raises(RequestError, match="which"):
         select(records, "middle", "train", TH_ARR)
 
 
@@ -293,9 +290,9 @@ def test_resolve_thresholds_profiles_and_overrides():
     assert resolve_thresholds(m, "best", profile="optimized", custom=custom).values.tolist() == TH
     t = resolve_thresholds(m, "best", threshold=0.3, overrides={"bird": 0.9})
     assert t.values.tolist() == [0.3, 0.3, 0.9] and t.overridden == ("cat", "dog", "bird")
-    with pytest.raises(InspectError, match="high_precision"):
+    with pytest.raises(RequestError, match="high_precision"):
         resolve_thresholds(m, "last", profile="high_precision")  # only best has profiles here
-    with pytest.raises(InspectError, match="profile"):
+    with pytest.raises(RequestError, match="profile"):
         resolve_thresholds(m, "best", profile="strict")
 
 
@@ -398,71 +395,41 @@ def test_mislabel_candidates_without_folds_flag_seen_scores():
     ]
 
 
-# --- thumbnails and the query API used by the service -------------------------------------------------
+def test_listed_images_are_capped_like_a_gallery_page(records):
+    """A request lists at most MAX_PAGE_SIZE images: diff's names and the mislabel candidates."""
+    assert len(mislabel_candidates(records, "best", min_gap=0.0, limit=MAX_PAGE_SIZE)) == 30  # all of them
+    for call in (
+        lambda: mislabel_candidates(records, "best", limit=MAX_PAGE_SIZE + 1),
+        lambda: diff(records, "validation", {"best": TH_ARR, "last": TH_ARR}, limit=MAX_PAGE_SIZE + 1),
+    ):
+        with pytest.raises(RequestError, match=r"limit: 501 must be an integer in \[0, 500\]") as err:
+            call()
+        assert err.value.field == "limit" and err.value.status == 400
+
+
+# --- thumbnails and custom thresholds, as the service uses them ---------------------------------------
 
 
 def test_thumbnails_by_name(inspector):
     assert inspector.image("train", "sub/t2.png") == b"jpeg 2"
     assert inspector.image("validation", "c.jpg") == b"jpeg 9"
     for split, name in [("validation", "t0.jpg"), ("train", "../../etc/passwd"), ("train", "t1.jpg")]:
-        with pytest.raises(InspectError) as err:
+        with pytest.raises(RequestError) as err:
             inspector.image(split, name)
         assert err.value.status == 404
-    with pytest.raises(InspectError) as err:
+    with pytest.raises(RequestError) as err:
         inspector.image("test", "c.jpg")
     assert err.value.status == 400
 
 
-def test_query_parses_strings_like_a_query_string(inspector):
-    page = inspector.query(
-        "predictions",
-        {"model": "best", "split": "validation", "filter": "incorrect", "label": "cat", "page_size": "1"},
-    )
-    assert (page["total"], names_of(page), page["model"]) == (2, ["b.jpg"], "pets:v1")
-    page = inspector.query("predictions", {"split": "validation", "thresholds": '{"cat": 0.05}'})
-    assert page["overridden"] == ["cat"] and page["thresholds"]["cat"] == 0.05
-    assert (
-        inspector.query("predictions", {"split": "validation", "label": ""})["total"] == 6
-    )  # "" = not given
-    stats = inspector.query("stats", {"split": "train", "threshold": "0.5"})
-    assert list(stats["splits"]) == ["train"]
-    assert inspector.query("pr_curve", {"label": "cat"})["label"] == "cat"
-    assert inspector.query("diff", {})["split"] == "validation"
-    assert inspector.query("pairs", {"split": "validation"})["confused"]
-    assert inspector.query("mislabelled", {"limit": "2"})["items"][0]["name"] == "t1.jpg"
-
-
-@pytest.mark.parametrize(
-    ("endpoint", "params", "field"),
-    [
-        ("stats", {"split": "test"}, "split"),
-        ("stats", {"model": "middle"}, "model"),
-        ("stats", {"colour": "red"}, "colour"),
-        ("stats", {"threshold": "high"}, "threshold"),
-        ("stats", {"threshold": "1.5"}, "threshold"),
-        ("stats", {"thresholds": "{bad json"}, "thresholds"),
-        ("stats", {"thresholds": '{"horse": 0.5}'}, "thresholds"),
-        ("pr_curve", {"label": "horse"}, "label"),
-        ("predictions", {"filter": "sideways"}, "filter"),
-        ("predictions", {"page": "two"}, "page"),
-        ("predictions", {"profile": "strict"}, "profile"),
-    ],
-)
-def test_query_errors_are_400_with_the_field(inspector, endpoint, params, field):
-    with pytest.raises(InspectError) as err:
-        inspector.query(endpoint, params)
-    assert (err.value.status, err.value.field) == (400, field)
-    assert json.dumps(err.value.to_dict())
-
-
 def test_update_thresholds_body(inspector, model_dir):
-    state = inspector.update_thresholds({"model": "last", "all": 0.3})
+    state = inspector.update_thresholds({"which": "last", "all": 0.3})
     assert state["custom"] == {"best": {}, "last": {"cat": 0.3, "dog": 0.3, "bird": 0.3}}
     state = inspector.update_thresholds({"set": {"dog": 0.2}})
     assert state["thresholds"]["best"] == {"cat": 0.5, "dog": 0.2, "bird": 0.6}
     assert (model_dir / custom_thresholds.CUSTOM_THRESHOLDS_FILE).is_file()
-    assert inspector.query("stats", {"model": "last"})["thresholds"]["cat"] == 0.3
-    state = inspector.update_thresholds({"reset": ["dog"]})  # no model: both
+    assert inspector.stats("last")["thresholds"]["cat"] == 0.3
+    state = inspector.update_thresholds({"reset": ["dog"]})  # no which: both
     assert state["custom"] == {"best": {}, "last": {"cat": 0.3, "bird": 0.3}}
     assert inspector.update_thresholds({"reset": True})["custom"] == {"best": {}, "last": {}}
     for body, field in [
@@ -470,10 +437,11 @@ def test_update_thresholds_body(inspector, model_dir):
         ({"set": {"horse": 0.5}}, "set"),
         ({"all": 0.5, "reset": True}, "body"),
         ({}, "body"),
-        ({"model": "middle", "all": 0.5}, "model"),
+        ({"which": "middle", "all": 0.5}, "which"),
+        ({"model": "last", "all": 0.5}, "model"),  # best | last is `which`; `model` is a stored model
         ({"all": 0.5, "colour": 1}, "colour"),
         ({"reset": "yes"}, "reset"),
     ]:
-        with pytest.raises(InspectError) as err:
+        with pytest.raises(RequestError) as err:
             inspector.update_thresholds(body)
         assert err.value.field == field, body

@@ -1,19 +1,23 @@
-"""The inspect API and the web page, as a Starlette app the BentoML service mounts at "/".
+"""The inspect API and the web page, as a FastAPI app the BentoML service mounts at "/".
 
-GET  /stats, /pr_curve, /predictions, /diff, /pairs, /mislabelled   `Inspector.query` (query string)
+GET  /stats /pr_curve /predictions /diff /pairs /mislabelled   `Inspector.<route>(**query.arguments())`
+     over the route's query model (`service.inspect.queries.ROUTES`)
 GET  /image/{split}/{name}    a train/validation thumbnail (JPEG), looked up by image name
 GET  /thresholds              the persisted custom thresholds and those in force
-POST /thresholds              change them: {"model": best|last|both, one of "set" | "all" | "reset"}
-GET  /ui, /ui/{file}          the page (`service/ui/`: plain HTML, JS and CSS, no build step)
+POST /thresholds              change them: {"which": best|last|both, one of "set" | "all" | "reset"}
+GET  /ui, /ui/{file}          the page (`service/server/ui/`: plain HTML, JS and CSS, no build step)
 
-Handlers find the model's `Inspector` on the service instance (`ManyLabel.inspector`) and run the
-numpy work in a thread, so a big statistics request never stalls `/predict` on the event loop.
-Every refusal is 4xx JSON ``{"error": message, "field": name or null}``.
+FastAPI because BentoML 1.4.39 merges only a mounted FastAPI app's OpenAPI into /docs. Every route
+takes ``model`` (NAME or NAME:VERSION; 404 unless it is the served one). Handlers run the numpy work
+of the service's `Inspector` in a thread, so a big request never stalls `/predict`. Every refusal is
+`RequestError.to_dict()` ``{"error", "field"}`` with its 4xx status, never FastAPI's 422 ``{"detail"}``.
 
-POST /thresholds changes what `/predict` uses by default, so it can be guarded: when the environment
-variable ``MANYLABEL_API_TOKEN`` is set (read once, at the first request), it requires
-``Authorization: Bearer <token>`` and answers 401 otherwise. It also requires a JSON content type,
-which a cross-site HTML form cannot send without the browser asking the server first.
+POST /thresholds changes what `/predict` uses by default, so `service.server.http.guard` decides who
+may: with ``MANYLABEL_API_TOKEN`` set, ``Authorization: Bearer <token>`` (401 otherwise); without it,
+loopback clients naming a loopback Host (403 otherwise: no writes from the network or through DNS
+rebinding). It also requires a JSON content type, which a cross-site HTML form cannot send without
+the browser asking the server first, and reads at most `MAX_BODY_BYTES`: so it reads its body
+itself, not through a body model.
 """
 
 from __future__ import annotations
@@ -21,41 +25,34 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import hmac
 import json
 import logging
-import os
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
-from starlette.applications import Starlette
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
-from service.custom_thresholds import CustomThresholdsError
-from service.errors import ManifestError, ManylabelError, ThresholdError
-from service.inspect import InspectError
-from service.inspector import Inspector
+from service.errors import ManifestError, RequestError
+from service.inspect.inspector import Inspector
+from service.inspect.queries import ROUTES, InspectQuery, ThresholdChange
+from service.server.http.guard import Unauthorized, check_write
+from service.server.settings import get_settings
 
 logger = logging.getLogger("bentoml.manylabel")
 
-ENDPOINTS = ("stats", "pr_curve", "predictions", "diff", "pairs", "mislabelled")
-TOKEN_ENV = "MANYLABEL_API_TOKEN"
 MAX_BODY_BYTES = 64 << 10  # a thresholds change is a few hundred bytes
 MAX_NAME_CHARS = 1024
-UI_DIR = Path(__file__).resolve().parent / "ui"
-UI_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".ico": "image/x-icon",
-}
+UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 # The page loads nothing from elsewhere; blob: for the previews of images picked for upload.
 UI_HEADERS = {
     "Cache-Control": "no-cache",
@@ -67,15 +64,18 @@ UI_HEADERS = {
 }
 THUMBNAIL_MAX_AGE_S = 24 * 3600
 
-Handler = Callable[[Request], Awaitable[Response]]
+
+class ErrorBody(BaseModel):
+    """Every refusal: `service.errors.RequestError.to_dict()`."""
+
+    error: str
+    field: str | None
+    file: str | None = None
 
 
 def load_inspector(stored: Any) -> Inspector | None:
-    """The inspector of a `service.store.StoredModel`; None (logged) for a model stored without records.
-
-    A model exported before records were stored still serves `/predict`; only the inspect routes and
-    the page's statistics answer 404 for it.
-    """
+    """The inspector of a `service.store.StoredModel`; None (logged) for a model stored without records,
+    which still serves `/predict` (only the inspect routes and the page's statistics answer 404)."""
     try:
         return Inspector.from_stored(stored)
     except ManifestError as exc:
@@ -83,39 +83,99 @@ def load_inspector(stored: Any) -> Inspector | None:
         return None
 
 
-# --- plumbing ---------------------------------------------------------------------------------------
+# --- refusals: one body ----------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+def _refusal(exc: RequestError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
-def _guarded(handler: Handler) -> Handler:
-    """Turn the errors a request can cause into 4xx JSON; anything else is a bug, logged, 500 JSON."""
+async def _request_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return _refusal(exc)
+
+
+# pydantic's wording of these, replaced by the core's wording of the same refusals (as the CLI says them).
+_MESSAGES = {
+    "extra_forbidden": "unknown parameter; expected {expected}",
+    "int_parsing": "{given} is not an integer",
+    "float_parsing": "{given} is not a number; give a number in [0, 1]",
+}
+
+
+def _parameters(request: Request) -> list[str]:
+    """The query parameters of the route `request` matched: its query model's fields."""
+    route = request.scope.get("route")
+    params = route.dependant.query_params if isinstance(route, APIRoute) else []
+    return sorted(name for param in params for name in param.field_info.annotation.model_fields)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """The first problem of a query string, as a 400 naming its parameter."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"][1:]) or str(first["loc"][0])  # less "query"
+    given = repr(str(first.get("input"))[:100])
+    template = _MESSAGES.get(first["type"])
+    if template is not None:
+        message = template.format(given=given, expected=_parameters(request))
+    elif first.get("input") is None or isinstance(first["input"], dict | list) or given in first["msg"]:
+        message = first["msg"]
+    else:
+        message = f"{first['msg']} (got {given})"
+    return _refusal(RequestError(f"{field}: {message}", field=field))
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    # 404 / 405 raised by the router itself (e.g. DELETE /stats), as JSON like every other refusal.
+    assert isinstance(exc, HTTPException)
+    return _refusal(RequestError(str(exc.detail), status=exc.status_code), exc.headers)
+
+
+def _guarded(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """A bug in a handler is logged and answered 500 JSON, never a traceback or a server-level error."""
 
     @functools.wraps(handler)
-    async def wrapper(request: Request) -> Response:
+    async def wrapper(*args: Any, **kwargs: Any) -> Response:
         try:
-            return await handler(request)
-        except InspectError as exc:
-            return JSONResponse(exc.to_dict(), status_code=exc.status)
-        except CustomThresholdsError as exc:  # the stored file is damaged or the store is read-only
-            return _error(409, str(exc), "custom_thresholds")
-        except ThresholdError as exc:
-            return _error(400, str(exc), "thresholds")
-        except ManylabelError as exc:
-            return _error(400, str(exc))
+            return await handler(*args, **kwargs)
+        except RequestError:
+            raise  # answered by `_request_error`
         except Exception:
-            logger.exception("%s %s failed", request.method, request.url.path)
-            return _error(500, "internal error; the server log has the details")
+            logger.exception("inspect route %s failed", handler.__name__)
+            return _refusal(RequestError("internal error; the server log has the details", status=500))
 
     return wrapper
 
 
-def _inspector() -> Inspector:
-    inspector = getattr(bentoml.get_current_service(), "inspector", None)
+def _given_once(request: Request) -> None:
+    """A parameter given twice is refused rather than one of its values silently picked."""
+    twice = [key for key, n in Counter(k for k, _ in request.query_params.multi_items()).items() if n > 1]
+    if twice:
+        raise RequestError(f"{twice[0]}: given more than once; give it once", field=twice[0])
+
+
+inspect_app = FastAPI(
+    title="manylabel inspect",
+    docs_url=None,  # BentoML serves /docs and /docs.json for the whole service
+    redoc_url=None,
+    openapi_url=None,
+    dependencies=[Depends(_given_once)],
+    responses={"4XX": {"model": ErrorBody, "description": 'refused: {"error", "field"} names the cause'}},
+    exception_handlers={
+        RequestError: _request_error,
+        RequestValidationError: _validation_error,
+        HTTPException: _http_error,
+    },
+)
+
+
+def _inspector(model: str | None) -> Inspector:
+    service = bentoml.get_current_service()
+    service.predictor.check_model(model)  # the one rule of /predict: NAME or NAME:VERSION served here
+    inspector = getattr(service, "inspector", None)
     if inspector is None:
-        raise InspectError(
+        raise RequestError(
             "this model was stored without inspection records (records.npz): retrain it with a current "
             "manylabel to get statistics, curves and predictions",
             status=404,
@@ -123,33 +183,26 @@ def _inspector() -> Inspector:
     return inspector
 
 
-def _params(request: Request) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
-        if key in params:
-            raise InspectError(f"{key}: given more than once; give it once", field=key)
-        params[key] = value
-    return params
+def _query_route(route: str, model: type[InspectQuery]) -> None:
+    async def answer(query: InspectQuery) -> Response:
+        inspector = _inspector(query.model)
+        return JSONResponse(await asyncio.to_thread(getattr(inspector, route), **query.arguments()))
+
+    answer.__annotations__["query"] = Annotated[model, Query()]  # this route's parameters, on /docs
+    inspect_app.get(f"/{route}", name=route, description=model.__doc__)(_guarded(answer))
 
 
-# --- inspect queries --------------------------------------------------------------------------------
+for _route, _model in ROUTES.items():
+    _query_route(_route, _model)
 
 
-def _query_route(endpoint: str) -> Route:
-    async def handler(request: Request) -> Response:
-        inspector = _inspector()
-        answer = await asyncio.to_thread(inspector.query, endpoint, _params(request))
-        return JSONResponse(answer)
-
-    handler.__name__ = f"inspect_{endpoint}"
-    return Route(f"/{endpoint}", _guarded(handler), methods=["GET"])
-
-
-async def image(request: Request) -> Response:
-    split, name = request.path_params["split"], request.path_params["name"]
+@inspect_app.get("/image/{split}/{name:path}", response_class=Response)
+@_guarded
+async def image(request: Request, split: str, name: str, query: Annotated[InspectQuery, Query()]) -> Response:
+    """A train or validation image's stored thumbnail (JPEG), by its name."""
     if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
-        raise InspectError("name: not an image name (control characters or too long)", field="name")
-    inspector = _inspector()
+        raise RequestError("name: not an image name (control characters or too long)", field="name")
+    inspector = _inspector(query.model)
     # A name's thumbnail never changes within one model version, so the model tag is part of the ETag.
     etag = '"' + hashlib.sha256(f"{inspector.tag}\0{split}\0{name}".encode()).hexdigest()[:32] + '"'
     headers = {"Cache-Control": f"private, max-age={THUMBNAIL_MAX_AGE_S}", "ETag": etag}
@@ -162,23 +215,12 @@ async def image(request: Request) -> Response:
 # --- custom thresholds ------------------------------------------------------------------------------
 
 
-@functools.cache
-def _api_token() -> str:
-    return os.environ.get(TOKEN_ENV, "").strip()
-
-
-def _authorized(request: Request) -> bool:
-    token = _api_token()
-    if not token:
-        return True
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 async def _json_body(request: Request) -> Any:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
-        raise InspectError(
+        raise RequestError(
             f"body: send JSON with Content-Type: application/json (got {media_type or 'none'!r})",
             field="body",
             status=415,
@@ -187,24 +229,40 @@ async def _json_body(request: Request) -> Any:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise InspectError(f"body: larger than {MAX_BODY_BYTES} bytes", field="body", status=413)
+            raise RequestError(f"body: larger than {MAX_BODY_BYTES} bytes", field="body", status=413)
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InspectError(f"body: not valid JSON ({exc})", field="body") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
 
 
-async def thresholds(request: Request) -> Response:
-    inspector = _inspector()
-    if request.method == "GET":
-        return JSONResponse(await asyncio.to_thread(inspector.custom_state))
-    if not _authorized(request):
-        return _error(
-            401,
-            f"changing thresholds needs 'Authorization: Bearer <token>' (the server's {TOKEN_ENV})",
-            "authorization",
-            headers={"WWW-Authenticate": "Bearer"},
+@inspect_app.get("/thresholds")
+@_guarded
+async def saved_thresholds(query: Annotated[InspectQuery, Query()]) -> Response:
+    """The saved custom thresholds and the thresholds in force, for best and last."""
+    return JSONResponse(await asyncio.to_thread(_inspector(query.model).custom_state))
+
+
+_CHANGE_BODY = {"content": {"application/json": {"schema": ThresholdChange.model_json_schema()}}}
+
+
+@inspect_app.post("/thresholds", openapi_extra={"requestBody": {"required": True, **_CHANGE_BODY}})
+@_guarded
+async def change_thresholds(request: Request, query: Annotated[InspectQuery, Query()]) -> Response:
+    """Save custom thresholds (the default of /predict and of the views), or reset them: with
+    ``Authorization: Bearer <token>`` when the server sets MANYLABEL_API_TOKEN, else from this machine
+    only (`service.server.http.guard`)."""
+    inspector = _inspector(query.model)
+    token = get_settings().api_token
+    try:
+        check_write(
+            token=token.get_secret_value() if token else None,
+            authorization=request.headers.get("authorization", ""),
+            client_host=request.client.host if request.client else None,
+            host_header=request.headers.get("host", ""),
         )
+    except Unauthorized as refused:
+        return _refusal(refused, {"WWW-Authenticate": "Bearer"})
     body = await _json_body(request)
     state = await asyncio.to_thread(inspector.update_thresholds, body)
     logger.info("custom thresholds of %s changed: %s", inspector.tag, json.dumps(body)[:500])
@@ -214,34 +272,31 @@ async def thresholds(request: Request) -> Response:
 # --- the page ---------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _ui_files() -> dict[str, Path]:
-    """name -> file of the page's assets: a fixed list, so a request never turns into a path."""
-    if not UI_DIR.is_dir():
-        return {}
-    return {p.name: p for p in UI_DIR.iterdir() if p.is_file() and p.suffix in UI_TYPES}
+class PageFiles(StaticFiles):
+    """`StaticFiles` (which keeps requests inside the folder) with the page's headers, JSON 404s, and
+    index.html at /ui and /ui/. JavaScript is text/javascript even where Python guesses otherwise."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if path in ("", "."):  # the page itself, without StaticFiles' redirect to /ui/
+            path = "index.html"
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            if exc.status_code != 404:
+                raise
+            raise RequestError(f"no page file named {path[:100]!r}", field="file", status=404) from None
+        response.headers.update(UI_HEADERS)
+        if path.endswith(".js") and response.status_code == 200:  # whatever /etc/mime.types says
+            response.headers["content-type"] = "text/javascript; charset=utf-8"
+        return response
 
 
-async def ui(request: Request) -> Response:
-    name = request.path_params.get("file") or "index.html"
-    path = _ui_files().get(name)
-    if path is None:
-        raise InspectError(f"no page file named {name[:100]!r}", field="file", status=404)
-    data = await asyncio.to_thread(path.read_bytes)
-    return Response(data, media_type=UI_TYPES[path.suffix], headers=UI_HEADERS)
+page_files = PageFiles(directory=UI_DIR, html=True, check_dir=False)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
-    # 404 / 405 raised by the router itself (e.g. DELETE /stats), as JSON like every other refusal.
-    assert isinstance(exc, HTTPException)
-    return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+@inspect_app.get("/ui", include_in_schema=False)
+async def page(request: Request) -> Response:
+    return await page_files.get_response("index.html", request.scope)
 
 
-inspect_routes = [
-    *(_query_route(endpoint) for endpoint in ENDPOINTS),
-    Route("/image/{split}/{name:path}", _guarded(image), methods=["GET"]),
-    Route("/thresholds", _guarded(thresholds), methods=["GET", "POST"]),
-    Route("/ui", _guarded(ui), methods=["GET"]),
-    Route("/ui/{file:path}", _guarded(ui), methods=["GET"]),
-]
-inspect_app = Starlette(routes=inspect_routes, exception_handlers={HTTPException: _http_error})
+inspect_app.mount("/ui", page_files, name="ui")

@@ -115,14 +115,14 @@ export class CurvePanel {
   async save() {
     const body = this.th.saveBody();
     if (!body) return;
-    if (body.reset && !window.confirm(`Forget the saved thresholds of the ${body.model} model?`)) return;
+    if (body.reset && !window.confirm(`Forget the saved thresholds of the ${body.which} model?`)) return;
     const token = $("#token-input").value.trim();
     try {
       const state = await postJSON("/thresholds", body, { token });
       if (token) sessionStorage.setItem(TOKEN_KEY, token);
       $("#token-box").hidden = true;
       this.th.setSaved(state);
-      showMessage(`Thresholds of the ${body.model} model saved: new predictions use them.`, { kind: "info" });
+      showMessage(`Thresholds of the ${body.which} model saved: new predictions use them.`, { kind: "info" });
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) {
         $("#token-box").hidden = false;

@@ -51,10 +51,10 @@ export class Thresholds {
   /** Query parameters for /stats, /pr_curve, /predictions. */
   params() {
     const which = this.which;
-    if (this.useOptimized[which]) return { model: which, profile: "optimized" };
+    if (this.useOptimized[which]) return { which, profile: "optimized" };
     const draft = this.draft[which];
     return {
-      model: which,
+      which,
       profile: "custom",
       thresholds: Object.keys(draft).length ? JSON.stringify(draft) : undefined,
     };
@@ -64,8 +64,8 @@ export class Thresholds {
   saveBody() {
     const which = this.which;
     if (!this.dirty(which)) return null;
-    if (this.useOptimized[which]) return { model: which, reset: true };
-    return { model: which, set: { ...this.draft[which] } };
+    if (this.useOptimized[which]) return { which, reset: true };
+    return { which, set: { ...this.draft[which] } };
   }
 
   setWhich(which) {

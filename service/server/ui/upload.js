@@ -137,11 +137,11 @@ export class UploadPanel {
     }
   }
 
-  /** The form fields besides the images: model, and threshold or thresholds. Throws on a bad value. */
+  /** The form fields besides the images: which, and threshold or thresholds. Throws on a bad value. */
   options() {
     const which = $("#upload-which").value;
     const mode = $("#upload-mode").value;
-    const fields = [["model", which]];
+    const fields = [["which", which]];
     if (mode === "one") fields.push(["threshold", String(parseThreshold($("#upload-one").value))]);
     if (mode === "page") fields.push(["thresholds", JSON.stringify(this.th.current(which))]);
     if (mode === "custom") {
