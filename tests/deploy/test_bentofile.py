@@ -1,133 +1,128 @@
-"""The two bento variants: static checks of deploy/bento/*.yaml, then a real `bentoml build` of each
-into a temp BENTOML_HOME and checks on the Dockerfile it generates.
-
-The build test locks nothing (`lock_packages: false` in a temp copy): locking asks PyPI, and the
-test must run offline. Everything else is the committed file.
+"""The bentofiles: static checks of bentofile.yaml and deploy/bento/*.yaml against the one
+requirements list and the layout of `service/`, then checks on what a real `bentoml build` of each
+variant wrote (Dockerfile, requirements, sources). test_bento_build.py serves the same builds.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-BENTO_DIR = REPO / "deploy" / "bento"
-VARIANTS = ("cpu", "gpu")
-BENTOML = str(Path(sys.executable).parent / "bentoml")
-
-# A tiny model under the name the bentofiles package, saved by a subprocess so this process's BentoML
-# never looks at the temp store (BentoML reads BENTOML_HOME once).
-SAVE_DEMO_MODEL = """
-import sys
-from pathlib import Path
-sys.path[:0] = [str(Path(sys.argv[2]) / "tests" / "service"), str(Path(sys.argv[2]) / "tests")]
-from servekit import build_model
-from service.manifest import Manifest
-from service.store import save_model
-folder = Path(sys.argv[1])
-build_model(folder)
-Manifest.read(folder).model_copy(update={"name": sys.argv[3]}).write(folder)
-print(save_model(folder, Manifest.read(folder)).tag)
-"""
+from bentokit import BENTOFILES, MODEL, REPO, REQUIREMENTS, SETUP_SCRIPT, VARIANTS, Store, bentofile, envs
+from packaging.requirements import Requirement
+from packaging.version import Version
+from setuptools.config.pyprojecttoml import read_configuration
 
 
-def bentofile(variant: str) -> dict:
-    return yaml.safe_load((BENTO_DIR / f"bentofile-{variant}.yaml").read_text())
+def requirement_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def envs(spec: dict) -> dict[str, str]:
-    return {e["name"]: str(e["value"]) for e in spec["envs"]}
+def service_files(root: Path) -> set[str]:
+    """Every file under root/service, as a relative path, without bytecode caches."""
+    return {
+        p.relative_to(root).as_posix()
+        for p in (root / "service").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def test_pyproject_reads_its_dependencies_from_the_one_requirements_list() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "dependencies" not in pyproject["project"] and "dependencies" in pyproject["project"]["dynamic"]
+    dynamic = pyproject["tool"]["setuptools"]["dynamic"]
+    assert dynamic["dependencies"] == {"file": ["service/requirements.txt"]}
+    expanded = read_configuration(REPO / "pyproject.toml", expand=True)["project"]["dependencies"]
+    assert expanded == requirement_lines(REQUIREMENTS)
+    # setuptools hands each line to a PEP 508 parser as it is: no options (-r), no trailing comments.
+    requirements = {r.name: r for r in map(Requirement, expanded)}
+    assert {"bentoml", "onnxruntime-gpu", "numpy", "pillow", "pydantic"} <= set(requirements)
+    assert "python-multipart" in requirements
+    assert {"httpx", "tqdm", "jinja2", "rich"} <= set(requirements)  # batch client, CLI, inspection
+    assert {"uvloop", "httptools"} <= set(requirements)  # uvicorn's fast loop and parser, in every bento
+    assert not {"torch", "onnx", "onnxruntime"} & set(requirements), "serving only; never plain onnxruntime"
+    assert not requirements["python-multipart"].specifier.contains(Version("0.0.33")), "part-header limits"
+
+
+@pytest.mark.parametrize("name", list(BENTOFILES))
+def test_every_bentofile_ships_the_whole_service_package_and_the_one_list(name: str) -> None:
+    spec = bentofile(name)
+    assert spec["service"] == "service.server.service:ManyLabel"
+    # gitwildmatch: `service/*.py` stops at the first `/` and left the page and subpackages out.
+    assert spec["include"] == ["service/**"]
+    assert {"training/", "tests/", "benchmarks/", "**/__pycache__/"} <= set(spec["exclude"])
+    # With requirements_txt, BentoML 1.4.39 ignores `packages`; lock_packages would ask PyPI.
+    assert spec["python"] == {"requirements_txt": "service/requirements.txt", "lock_packages": False}
+    assert spec["docker"]["setup_script"] == SETUP_SCRIPT.relative_to(REPO).as_posix()
+    assert os.access(SETUP_SCRIPT, os.X_OK), "BentoML refuses a setup_script that is not executable"
+    # A v2 bento ignores docker.env and falls back to the legacy builder for docker.cuda_version.
+    assert set(spec["docker"]) <= {"distro", "python_version", "system_packages", "setup_script"}
+    model = envs(spec)["MANYLABEL_MODEL"]
+    assert model == MODEL and [m.split(":")[0] for m in spec["models"]] == [model]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bentofile_packages_the_service_without_training_code(variant: str) -> None:
-    spec = bentofile(variant)
-    assert spec["service"] == "service.service:ManyLabel"
-    assert all(pattern.startswith("service/") for pattern in spec["include"])
-    packages = " ".join(spec["python"]["packages"]).lower()
-    assert "torch" not in packages and "onnx==" not in packages
-    model = envs(spec)["MANYLABEL_MODEL"]
-    assert spec["models"] == [f"{model}:latest"]
-    # BentoML 1.4.39 builds a v2 bento: docker.env and docker.cuda_version would be ignored or
-    # switch to the legacy builder.
-    assert set(spec["docker"]) <= {"distro", "python_version", "system_packages"}
-    # The deployment's ConfigMap names the same model the image carries.
+def test_the_deployment_serves_the_model_the_image_carries(variant: str) -> None:
     config = (REPO / "deploy" / "base" / "config.env").read_text()
-    assert f"MANYLABEL_MODEL={model}\n" in config
+    assert f"MANYLABEL_MODEL={envs(bentofile(variant))['MANYLABEL_MODEL']}\n" in config
 
 
-def test_gpu_variant_carries_the_cuda_libraries_onnxruntime_gpu_needs() -> None:
+def test_gpu_variant_adds_the_cuda_libraries_onnxruntime_gpu_needs() -> None:
     import onnxruntime.capi.build_and_package_info as info
 
-    cpu, gpu = bentofile("cpu"), bentofile("gpu")
+    gpu = bentofile("gpu")
+    # deploy/bento/setup.sh installs it on top of the shared list: the onnxruntime-gpu tested here,
+    # with the extras that pull the CUDA and cuDNN wheels of its CUDA major.
+    assert envs(gpu)["MANYLABEL_CUDA_WHEELS"] == f"onnxruntime-gpu[cuda,cudnn]=={info.__version__}"
+    shared = {r.name: r for r in map(Requirement, requirement_lines(REQUIREMENTS))}
+    assert shared["onnxruntime-gpu"].specifier.contains(info.__version__)
+    assert all("MANYLABEL_CUDA_WHEELS" not in envs(bentofile(name)) for name in BENTOFILES if name != "gpu")
     major = info.cuda_version.split(".")[0]
-    assert "onnxruntime-gpu[cuda,cudnn]==" + info.__version__ in gpu["python"]["packages"]
-    assert "onnxruntime==" + info.__version__ in cpu["python"]["packages"]  # same scores on both
     library_path = envs(gpu)["LD_LIBRARY_PATH"].split(":")
     site = f"/app/.venv/lib/python{gpu['docker']['python_version']}/site-packages/nvidia"
     assert f"{site}/cu{major}/lib" in library_path and f"{site}/cudnn/lib" in library_path
     assert "compute" in envs(gpu)["NVIDIA_DRIVER_CAPABILITIES"]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """variant -> the built bento's folder."""
-    root = tmp_path_factory.mktemp("bento")
-    env = {**os.environ, "BENTOML_HOME": str(root / "home"), "BENTOML_DO_NOT_TRACK": "true"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    model = envs(bentofile("cpu"))["MANYLABEL_MODEL"]
-    subprocess.run(
-        [sys.executable, "-c", SAVE_DEMO_MODEL, str(root / "model"), str(REPO), model],
-        env=env,
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
-    bentos = {}
-    for variant in VARIANTS:
-        spec = bentofile(variant)
-        spec["python"]["lock_packages"] = False
-        offline = root / f"bentofile-{variant}.yaml"
-        offline.write_text(yaml.safe_dump(spec))
-        done = subprocess.run(
-            [BENTOML, "build", "-f", str(offline), ".", "-o", "tag"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        tag = done.stdout.strip().rsplit("__tag__:", 1)[1].strip()
-        name, version = tag.split(":")
-        bentos[variant] = root / "home" / "bentos" / name / version
-    return bentos
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bentoml_build_generates_a_non_root_dockerfile(built: dict[str, Path], variant: str) -> None:
-    bento = built[variant]
-    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
-    lines = [line.strip() for line in dockerfile.splitlines()]
+def test_bentoml_build_generates_a_non_root_dockerfile(store: Store, variant: str) -> None:
+    bento = store.bentos[variant].path
+    lines = [line.strip() for line in (bento / "env" / "docker" / "Dockerfile").read_text().splitlines()]
     assert "FROM python:3.11-slim AS base-container" in lines
     assert "ARG BENTO_USER_UID=1034" in lines  # the uid the manifests pin with runAsUser
     users = [line for line in lines if line.startswith("USER ")]
     assert users[-1] == "USER bentoml", "the image must end as the non-root bentoml user"
     assert lines.index(users[-1]) > max(i for i, line in enumerate(lines) if line.startswith("RUN "))
     for name, value in envs(bentofile(variant)).items():
-        assert f"ENV {name}=${name}" in lines and f"ARG {name}={value}" in lines
+        assert f"ENV {name}=${name}" in lines and f"ARG {name}={shlex.quote(value)}" in lines
     assert 'ENTRYPOINT [ "/home/bentoml/bento/env/docker/entrypoint.sh" ]' in lines
-    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "torch" not in requirements and "bentoml==1.4.39" in requirements
-    assert ("onnxruntime-gpu[cuda,cudnn]" in requirements) == (variant == "gpu")
-    sources = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*.py")}
-    assert "service/service.py" in sources and "service/batch_cli.py" in sources
-    assert not any(s.startswith(("training/", "tests/")) for s in sources)
+    # The setup script runs once the shared list is installed, as root, before the bento's files
+    # arrive: the bento carries it verbatim.
+    install = next(i for i, line in enumerate(lines) if "pip install -r" in line)
+    (script,) = (bento / "env" / "docker").glob("script__*")
+    assert script.read_text() == SETUP_SCRIPT.read_text()
+    run = lines.index(f"RUN chmod +x ./env/docker/{script.name} && ./env/docker/{script.name}")
+    assert install < run < lines.index("COPY --chown=bentoml:bentoml . ./")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bentoml_build_packs_the_service_tree_and_the_one_list(store: Store, variant: str) -> None:
+    bento = store.bentos[variant].path
+    # BentoML rewrites each line in its own spelling (quotes of markers): compare them parsed.
+    requirements = [Requirement(r) for r in requirement_lines(bento / "env" / "python" / "requirements.txt")]
+    shared = [Requirement(r) for r in requirement_lines(REQUIREMENTS)]
+    assert requirements[: len(shared)] == shared
+    assert {r.name for r in requirements[len(shared) :]} <= {"bentoml"}  # BentoML adds its own pin
+    # Everything under service/ (page, CLI, batch client, inspection), and nothing else but the
+    # copy of the bentofile BentoML keeps.
+    assert service_files(bento / "src") == service_files(REPO)
+    assert {p.name for p in (bento / "src").iterdir()} == {"service", "bentofile.yaml"}
+    assert "service/server/ui/app.js" in service_files(bento / "src")
     info = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert [m["tag"].split(":")[0] for m in info["models"]] == [envs(bentofile(variant))["MANYLABEL_MODEL"]]
+    assert [m["tag"] for m in info["models"]] == [store.model_tag]

@@ -5,7 +5,6 @@ properties the deployment relies on hold in the rendered YAML.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import re
 import shutil
@@ -17,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.batch_cli import register
+from service.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -179,16 +178,16 @@ def test_batch_job_shards_its_input_and_runs_the_batch_cli() -> None:
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     )
     args = c["args"]
-    assert args[:3] == ["python", "-m", "service.batch_cli"]
+    # The bento entrypoint runs the `manylabel` every bentofile's setup script writes.
+    assert args[:2] == ["manylabel", "batch"]
     shard = next(a for a in args if a.startswith("--shard="))
     assert re.fullmatch(r"--shard=\$\(SHARD_INDEX\)/(\d+)", shard)
     assert int(shard.rsplit("/", 1)[1]) == job["completions"] == job["parallelism"]
     output = next(a for a in args if a.startswith("--output="))
     assert "$(SHARD_INDEX)" in output, "one journal per shard, so a retried pod resumes its own"
-    # The arguments are valid for the CLI, as Kubernetes will expand them for pod 0.
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    parsed = parser.parse_args(["batch", *(a.replace("$(SHARD_INDEX)", "0") for a in args[3:])])
+    # The arguments are valid for the `manylabel` CLI, as Kubernetes will expand them for pod 0.
+    parsed = build_parser().parse_args([a.replace("$(SHARD_INDEX)", "0") for a in args[1:]])
+    assert parsed.command == "batch"
     assert parsed.url == "http://" + one(render("overlays/cpu"), "Service")["metadata"]["name"]
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert str(parsed.images) in mounts and str(parsed.output.parent) in mounts
