@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,8 +30,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from service.errors import ThresholdError
-from service.manifest import WHICH_MODELS, Manifest, atomic_write_bytes
+from service import thresholds
+from service.errors import CustomThresholdsError, ThresholdError, first_error
+from service.files import atomic_write_bytes
+from service.manifest import WHICH_MODELS, Manifest
+from service.thresholds import check_threshold, check_values
 
 CUSTOM_THRESHOLDS_FILE = "custom_thresholds.json"
 SCHEMA_VERSION = 1
@@ -44,8 +46,6 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 
-class CustomThresholdsError(ThresholdError):
-    """custom_thresholds.json is unreadable, malformed, or cannot be written."""
 
 
 class CustomThresholds(BaseModel):
@@ -65,36 +65,11 @@ class CustomThresholds(BaseModel):
         return not (self.best or self.last)
 
 
-def check_threshold(field: str, value: object) -> float:
-    """A threshold as a float in [0, 1]; ThresholdError naming `field` otherwise (NaN, bool, text...)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ThresholdError(f"{field}: {value!r} is not a number; give a number in [0, 1]")
-    number = float(value)
-    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
-        raise ThresholdError(f"{field}: {value!r} is outside [0, 1]; give a number in [0, 1]")
-    return number
-
-
-def check_values(manifest: Manifest, values: Mapping[str, object], *, field: str = "thresholds") -> dict:
-    """Validate label -> value against the manifest's labels; returns label -> float."""
-    if not isinstance(values, Mapping):
-        raise ThresholdError(f"{field} must be an object label -> threshold, got {values!r}")
-    known = set(manifest.labels)
-    out = {}
-    for label, value in values.items():
-        if label not in known:
-            raise ThresholdError(
-                f"{field}: unknown label {label!r}; the model's labels are {manifest.labels}"
-            )
-        out[label] = check_threshold(f"{field}[{label!r}]", value)
-    return out
-
-
 def _models(which: str) -> tuple[str, ...]:
     if which == BOTH:
         return WHICH_MODELS
     if which not in WHICH_MODELS:
-        raise ThresholdError(f"which: {which!r} is not one of best, last, both")
+        raise ThresholdError(f"which: {which!r} is not one of best, last, both", field="which")
     return (which,)
 
 
@@ -124,9 +99,8 @@ def _validate(raw: object, manifest: Manifest, path: Path) -> CustomThresholds:
     try:
         custom = CustomThresholds.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "file"
-        raise CustomThresholdsError(f"{path}: {where}: {first['msg']}; {_RESET_HINT}") from exc
+        where, message = first_error(exc)
+        raise CustomThresholdsError(f"{path}: {where}: {message}; {_RESET_HINT}") from exc
     if custom.schema_version != SCHEMA_VERSION:
         raise CustomThresholdsError(
             f"{path}: schema_version {custom.schema_version} is not supported (this manylabel reads "
@@ -149,7 +123,9 @@ def write(model_dir: Path, custom: CustomThresholds) -> Path:
         else:
             atomic_write_bytes(path, custom.model_dump_json(indent=2).encode())
     except OSError as exc:
-        raise CustomThresholdsError(f"cannot write {path}: {exc} (is the model store read-only?)") from exc
+        raise CustomThresholdsError(
+            f"cannot write {path}: {exc} (is the model store read-only?)", status=409
+        ) from exc
     return path
 
 
@@ -214,10 +190,7 @@ def reset(
 
 def effective(manifest: Manifest, which: str, custom: CustomThresholds | None = None) -> list[float]:
     """The thresholds in force: the optimised ones, replaced by the custom value where one is set."""
-    if which not in WHICH_MODELS:
-        raise ThresholdError(f"model: {which!r} is not one of {list(WHICH_MODELS)}")
-    values = custom.values(which) if custom is not None else {}
-    return [values.get(label, base) for label, base in manifest.thresholds(which).items()]
+    return thresholds.resolve(manifest, which, profile="custom", custom=custom).values.tolist()
 
 
 class ThresholdFile:
@@ -232,8 +205,36 @@ class ThresholdFile:
         self.manifest = manifest
         self._key: tuple | None = None
         self._custom = CustomThresholds()
+        self.pinned: CustomThresholds | None = None
+
+    @classmethod
+    def pinned_to(cls, model_dir: Path, manifest: Manifest, text: str) -> ThresholdFile:
+        """Custom thresholds fixed by the deployment (MANYLABEL_THRESHOLDS, e.g. from a ConfigMap), the
+        same in every replica: the file is ignored and writes are refused (409) with how to change
+        them. A bad value is a start-up error (SettingsError-like ManylabelError), never a 4xx later."""
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise CustomThresholdsError(f"MANYLABEL_THRESHOLDS is not JSON ({exc})", status=500) from exc
+        try:
+            custom = _validate(raw, manifest, Path("MANYLABEL_THRESHOLDS"))
+        except CustomThresholdsError as exc:
+            raise CustomThresholdsError(str(exc).split("; run ")[0], status=500) from exc
+        watched = cls(model_dir, manifest)
+        watched.pinned = custom
+        return watched
+
+    def _writable(self) -> None:
+        if self.pinned is not None:
+            raise CustomThresholdsError(
+                "thresholds are pinned by the deployment (MANYLABEL_THRESHOLDS); change that value (in "
+                "Kubernetes: the ConfigMap, then roll the Deployment) instead",
+                status=409,
+            )
 
     def custom(self) -> CustomThresholds:
+        if self.pinned is not None:
+            return self.pinned
         try:
             st = path_for(self.model_dir).stat()
             key = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -253,6 +254,7 @@ class ThresholdFile:
         labels = self.manifest.labels
         return {
             "updated_at": custom.updated_at.isoformat() if custom.updated_at else None,
+            "pinned": self.pinned is not None,
             "custom": {w: custom.values(w) for w in WHICH_MODELS},
             "thresholds": {
                 w: dict(zip(labels, effective(self.manifest, w, custom), strict=True)) for w in WHICH_MODELS
@@ -260,10 +262,13 @@ class ThresholdFile:
         }
 
     def set_values(self, values: Mapping[str, object], *, which: str = "best") -> CustomThresholds:
+        self._writable()
         return set_values(self.model_dir, self.manifest, values, which=which)
 
     def set_all(self, value: object, *, which: str = "best") -> CustomThresholds:
+        self._writable()
         return set_all(self.model_dir, self.manifest, value, which=which)
 
     def reset(self, *, which: str = BOTH, labels: Sequence[str] | None = None) -> CustomThresholds:
+        self._writable()
         return reset(self.model_dir, self.manifest, which=which, labels=labels)

@@ -6,18 +6,16 @@ trusts nothing else. It is pure pydantic (no torch, no onnx), so both sides impo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.errors import ManifestError
+from service.errors import ManifestError, first_error
+from service.files import atomic_write_bytes, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -55,9 +53,18 @@ class Backbone(_Strict):
 
 
 class FileEntry(_Strict):
-    path: str
+    path: str = Field(min_length=1, max_length=1024)  # relative to the model folder, POSIX separators
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, path: str) -> str:
+        # An imported model must never make the service hash, or the store write, outside its folder.
+        parts = PurePosixPath(path).parts
+        if path.startswith(("/", "\\")) or "\\" in path or ":" in path or "\x00" in path or ".." in parts:
+            raise ValueError(f"{path!r} must be a relative path inside the model folder (no '..', '\\', ':')")
+        return path
 
 
 class LabelMetrics(_Strict):
@@ -153,9 +160,8 @@ class Manifest(_Strict):
         try:
             manifest = cls.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "manifest"
-            raise ManifestError(f"{path}: {where}: {first['msg']}") from exc
+            where, message = first_error(exc)
+            raise ManifestError(f"{path}: {where}: {message}") from exc
         if verify:
             manifest.verify_files(Path(directory))
         return manifest
@@ -177,30 +183,8 @@ class Manifest(_Strict):
                 )
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_entry(directory: Path, relpath: str) -> FileEntry:
     path = Path(directory) / relpath
     return FileEntry(path=relpath, sha256=sha256_file(path), size=path.stat().st_size)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

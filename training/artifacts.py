@@ -99,18 +99,28 @@ THUMBNAIL_SIZE = 192
 
 
 def _thumbnail(path: Path) -> bytes | None:
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = _upright(img).convert("RGB")
             img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=80)
             return buf.getvalue()
     except Exception:  # unreadable images were left out of training already
         return None
+
+
+def _upright(img):  # PIL.Image.Image -> PIL.Image.Image
+    """Turned by its EXIF orientation, or left as stored when that metadata is corrupt."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # corrupt EXIF raises struct.error, TypeError...; the pixels are still good
+        return img
 
 
 def write_thumbnails(workdir: Path, names: list[str], paths: dict[str, Path], workers: int = 2) -> list[str]:

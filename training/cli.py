@@ -1,77 +1,73 @@
-"""`manylabel` command line: a thin layer over importable functions.
+"""`manylabel train` and `manylabel demo`, registered on the one `manylabel` parser (service/cli.py).
 
-Heavy imports (torch, bentoml) happen inside the subcommands, so `manylabel --help` is instant and
-the serving subcommands work in an environment without torch.
+Registered only where torch and this package are importable; elsewhere the root answers both
+commands with the install hint.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import copy
 import sys
+import types
+import typing
+from dataclasses import fields
 from pathlib import Path
 
-from service.errors import ManylabelError
+from training.config import TrainConfig  # no torch: the root parser stays instant
 
 SAMPLE = "sample"
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from training.config import TrainConfig
-
-    d = TrainConfig()
-    p.add_argument("--name", default=d.name, help="model name in the BentoML store (default %(default)s)")
-    p.add_argument(
-        "--minutes", type=float, default=d.minutes, help="head-training budget (default %(default)s)"
-    )
-    p.add_argument("--include", nargs="+", default=[], metavar="LABEL", help="train only these labels")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="LABEL", help="leave these labels out")
-    val = p.add_mutually_exclusive_group()
-    val.add_argument(
-        "--val-size", type=float, default=d.val_size, help="validation fraction (default %(default)s)"
-    )
-    val.add_argument("--val-labels", type=Path, help="labels CSV naming the validation images")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--head", choices=["linear", "mlp"], default=d.head)
-    p.add_argument("--max-epochs", type=int, default=d.max_epochs)
-    p.add_argument("--patience", type=int, default=d.patience, help="early stop after N epochs (0: never)")
-    p.add_argument("--folds", type=int, default=d.folds, help="k for out-of-fold threshold scores")
-    p.add_argument("--threshold-source", choices=["oof", "train", "validation"], default=d.threshold_source)
-    p.add_argument("--cache-dir", type=Path, help="feature cache (default ~/.cache/manylabel)")
-    p.add_argument("--workdir", type=Path, help="keep the run's files here too")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (`max_epochs` -> `--max-epochs`), default and help from the field."""
+    hints = typing.get_type_hints(TrainConfig)  # the annotations are strings (`from __future__`)
+    defaults = TrainConfig()
+    groups = {}
+    for f in fields(TrainConfig):
+        meta = dict(f.metadata)
+        exclusive = meta.pop("exclusive", None)
+        if exclusive and exclusive not in groups:
+            groups[exclusive] = p.add_mutually_exclusive_group()
+        target = groups[exclusive] if exclusive else p
+        default = getattr(defaults, f.name)
+        # argparse %-formats help: escape the field's own text, then let it show the live default
+        # (`demo` overrides some with set_defaults).
+        meta["help"] = meta["help"].replace("%", "%%")
+        if default not in (None, []):
+            meta["help"] += " (default %(default)s)"
+        target.add_argument(flag(f.name), default=default, **_argparse_type(hints[f.name]), **meta)
 
 
-def _config(args: argparse.Namespace):
-    from training.config import TrainConfig
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-    return TrainConfig(
-        name=args.name,
-        minutes=args.minutes,
-        include=args.include,
-        exclude=args.exclude,
-        val_size=args.val_size,
-        val_labels=args.val_labels,
-        lr=args.lr,
-        seed=args.seed,
-        head=args.head,
-        max_epochs=args.max_epochs,
-        patience=args.patience,
-        folds=args.folds,
-        threshold_source=args.threshold_source,
-        cache_dir=args.cache_dir,
-        workdir=args.workdir,
-        device=args.device,
-    )
+
+def _argparse_type(hint: object) -> dict:
+    """argparse options for a field's type: float/int/str/Path, Optional[...], Literal, list[str]."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union) and len(args) == 1:  # X | None: the flag is optional
+        return _argparse_type(args[0])
+    if origin is typing.Literal:
+        return {"choices": list(args), "type": type(args[0])}
+    if origin is list and args:
+        return {"nargs": "+", **_argparse_type(args[0])}
+    if hint in (str, int, float, Path):
+        return {"type": hint}
+    raise TypeError(f"TrainConfig field of type {hint!r} has no command-line form; add one here")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: copy.copy(getattr(args, f.name)) for f in fields(TrainConfig)})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.report import print_summary
-    from training.train import fit
+    from service.tables import print_summary
+    from training.fit import fit
 
     images = args.images[0] if len(args.images) == 1 else args.images  # a folder, a zip, or files
-    result = fit(images, args.labels, _config(args), say=print)
+    result = fit(images, args.labels, config_from_args(args), say=print)
     print_summary(result, say=print)
     return 0
 
@@ -82,72 +78,33 @@ def sample_dir() -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train on the bundled sample, then predict on it in-process."""
-    from training.report import print_summary
-    from training.train import fit
+    from service.tables import print_summary
+    from training.fit import fit
 
     sample = sample_dir()
     args.images, args.labels = sample / "images", sample / "labels.csv"
     print(f"training on the bundled sample in {sample}")
-    result = fit(args.images, args.labels, _config(args), say=print)
+    result = fit(args.images, args.labels, config_from_args(args), say=print)
     print_summary(result, say=print)
-    from service.cli import run_predict
+    from service.cli import main as manylabel  # the served `predict` path, through the one CLI root
 
     images = sorted(args.images.glob("*.jpg"))[:5]
     print(f"\npredictions of {result.stored.tag} (best model) for {len(images)} sample images, as CSV:")
-    predict = argparse.Namespace(
-        model=result.stored.tag,
-        version=None,
-        which="best",
-        images=images,
-        threshold=None,
-        thresholds=None,
-        format="csv",
-        output="-",
-        provider=None,
-    )
     sys.stdout.flush()
-    if run_predict(predict) != 0:
+    argv = ["predict", "--model", result.stored.tag, "--images", *map(str, images)]
+    if manylabel([*argv, "--format", "csv", "--output", "-"]) != 0:
         return 1
     print(f"\nserve it:  manylabel serve {result.stored.name}   (then open http://127.0.0.1:3000/ui)")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="manylabel", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `train` and `demo` to the `manylabel` parser (service/cli.py)."""
     p = sub.add_parser("train", help="train best/last models from images + labels CSV")
     p.add_argument("--images", required=True, nargs="+", help="a folder, a .zip, or image files")
     p.add_argument("--labels", required=True, type=Path, help="labels CSV (file name, then labels)")
-    _add_train_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("demo", help="train on the bundled sample and predict")
-    _add_train_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_demo, minutes=1.0)
-    from service import batch_cli
-    from service import cli as service_cli
-    from training import inspect_cli
-
-    service_cli.register(sub)
-    inspect_cli.register(sub)
-    batch_cli.register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
-    )
-    try:
-        return args.func(args)
-    except ManylabelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was saved to the model store", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

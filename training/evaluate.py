@@ -9,7 +9,7 @@ import numpy as np
 
 from service.manifest import ModelEntry, SplitMetrics
 from service.metrics import pr_curves, split_metrics
-from training.thresholds import f1_thresholds, target_precision_thresholds, target_recall_thresholds
+from training.threshold_search import f1_thresholds, target_precision_thresholds, target_recall_thresholds
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,7 @@ from tqdm import tqdm
 from service.errors import InvalidImageError
 from service.manifest import Preprocessing, sha256_file
 from service.preprocess import load_image
-from service.runtime import gpu_visible
-from training.sources import ImageFile
+from training.data.sources import ImageFile
 
 log = logging.getLogger(__name__)
 SAMPLE_IMAGES = 16  # images timed before the feature pass to estimate its duration
@@ -74,6 +73,11 @@ def cache_key(onnx_path: Path, spec: Preprocessing) -> str:
     return hashlib.sha256(f"{sha256_file(onnx_path)}|{spec.model_dump_json()}".encode()).hexdigest()[:20]
 
 
+def gpu_visible() -> bool:
+    """Cheap check for an NVIDIA device, so `auto` does not probe CUDA on CPU-only machines."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
+
+
 def open_session(onnx_path: Path, device: str = "auto"):  # -> onnxruntime.InferenceSession
     import onnxruntime as ort
 
@@ -107,16 +111,17 @@ def compute_features(
     """
     started = time.perf_counter()
     cache = FeatureCache(cache_root, cache_key(onnx_path, spec))
-    digests = _hash_all(images, workers)
     vectors: dict[str, np.ndarray] = {}
-    todo: list[tuple[ImageFile, str]] = []
-    for image, digest in zip(images, digests, strict=True):
-        vector = cache.load(digest)
-        if vector is None:
-            todo.append((image, digest))
-        else:
-            vectors[image.relpath] = vector
     failed: dict[str, str] = {}
+    todo: list[tuple[ImageFile, str]] = []
+    for image, digest in zip(images, _hash_all(images, workers), strict=True):
+        if isinstance(digest, OSError):
+            failed[image.relpath] = _unreadable(image, digest)
+        elif (vector := cache.load(digest)) is not None:
+            vectors[image.relpath] = vector
+        else:
+            todo.append((image, digest))
+    cached = len(vectors)
     if todo:
         session = open_session(onnx_path, device)
         _infer(todo, session, spec, cache, vectors, failed, batch_size, workers, on_estimate)
@@ -127,25 +132,49 @@ def compute_features(
         names=names,
         features=feats.astype(np.float32, copy=False),
         failed=failed,
-        cached=len(images) - len(todo),
-        computed=len(todo) - len(failed),
+        cached=cached,
+        computed=len(vectors) - cached,
         seconds=time.perf_counter() - started,
     )
 
 
-def _hash_all(images: Sequence[ImageFile], workers: int) -> list[str]:
+def _hash_all(images: Sequence[ImageFile], workers: int) -> list[str | OSError]:
+    def digest(image: ImageFile) -> str | OSError:
+        try:
+            return sha256_file(image.path)
+        except OSError as exc:  # unreadable or vanished since the scan: skip it, name it
+            return exc
+
     with ThreadPoolExecutor(workers) as pool:
-        it = pool.map(lambda im: sha256_file(im.path), images, chunksize=16)
+        it = pool.map(digest, images, chunksize=16)
         return list(tqdm(it, total=len(images), desc="hashing images", unit="img", leave=False))
 
 
+def _unreadable(image: ImageFile, exc: OSError) -> str:
+    return f"{image.relpath}: cannot read file ({exc.strerror or exc})"
+
+
 def _decode(image: ImageFile, spec: Preprocessing) -> np.ndarray | str:
+    """The image's array, or why it is skipped: one bad file must never end a run."""
     try:
         return load_image(image.path, spec, name=image.relpath)
     except InvalidImageError as exc:
         return str(exc)
     except OSError as exc:  # unreadable file (permissions, vanished)
-        return f"{image.relpath}: cannot read file ({exc.strerror or exc})"
+        return _unreadable(image, exc)
+    except Exception as exc:
+        # Corrupt metadata makes Pillow raise almost anything (struct.error, TypeError, AttributeError,
+        # zlib.error, RecursionError, DecompressionBombError...): the image is skipped and named.
+        log.debug("decoding %s failed", image.relpath, exc_info=True)
+        return f"{image.relpath}: not a readable image ({_describe(exc)})"
+
+
+def _describe(exc: Exception) -> str:
+    """`struct.error: unpack requires...`: the qualified type (a bare `error` says nothing), one line."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{name}: {detail}" if detail else name
 
 
 def _decoded(

@@ -21,7 +21,7 @@ from service.store import StoredModel, save_model
 from training import artifacts
 from training.backbone import BACKBONE, backbone_onnx
 from training.config import TrainConfig
-from training.dataset import Dataset, load_dataset
+from training.data.dataset import Dataset, load_dataset
 from training.evaluate import Evaluated, bce, evaluate_model
 from training.features import compute_features
 from training.head import (

@@ -1,6 +1,6 @@
 """`manylabel predict` and `manylabel serve`: thin CLIs over the predictor and `bentoml serve`.
 
-`register(subparsers)` adds both to the main `manylabel` parser; `python -m service.cli` runs them
+`register(subparsers)` adds both to the main `manylabel` parser; `python -m service.server.cli` runs them
 alone (no torch, no training code needed).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from service.errors import ManylabelError
 
-SERVICE_IMPORT = "service.service:ManyLabel"
+SERVICE_IMPORT = "service.server.service:ManyLabel"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "name", nargs="?", default=None, help="model name (default: $MANYLABEL_MODEL or manylabel-demo)"
     )
     s.add_argument("--version", default=None, help="store version (default: latest)")
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine; 0.0.0.0: all)"
+    )
     s.add_argument("--port", type=int, default=3000)
     s.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None)
     s.add_argument("--max-batch-size", type=int, default=None, help="images per onnxruntime call")
@@ -55,45 +57,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from service.bundles import make_bundle
-    from service.manifest import atomic_write_bytes
-    from service.predictor import Predictor
-    from service.settings import Settings
-    from service.uploads import Limits, read_local_images
+    """`manylabel predict`: the service's own `answer` path, in this process, no server."""
+    import asyncio
+
+    from service.files import atomic_writer
+    from service.server.answer import BundleOptions, answer
+    from service.server.http.uploads import Limits, read_local_images
+    from service.server.predictor import Predictor
+    from service.server.settings import Settings
 
     if args.output == "-" and args.format == "zip":
-        return _fail("--output - (stdout) is for json and csv; give a file name for a zip")
-    overrides = None
-    if args.thresholds is not None:
-        try:
-            overrides = json.loads(args.thresholds)
-        except ValueError:
-            return _fail(f"--thresholds {args.thresholds!r} is not JSON; give e.g. '{{\"cat\": 0.4}}'")
-        if not isinstance(overrides, dict):
-            return _fail("--thresholds must be a JSON object label -> threshold")
+        raise ManylabelError("--output - (stdout) is for json and csv; give a file name for a zip")
+    overrides = _json_object("--thresholds", args.thresholds)
     env = {k: v for k, v in os.environ.items() if k.startswith("MANYLABEL_")}
     if args.provider:
         env["MANYLABEL_PROVIDER"] = args.provider
+    # A local run writes the bundle to a file as it is made: no size cap, as no request waits on it.
+    settings = Settings.from_env(env).model_copy(update={"max_bundle_bytes": 1 << 62})
+    options = BundleOptions.checked(
+        {"which": args.which, "threshold": args.threshold, "thresholds": overrides, "format": args.format}
+    )
+    limits = Limits(max_files=10**9, max_request_bytes=2**62, max_zip_bytes=settings.max_zip_bytes)
+    files = read_local_images(args.images, limits)
+    predictor = Predictor.load(args.model, args.version, settings)
     try:
-        settings = Settings.from_env(env)
-        predictor = Predictor.load(args.model, args.version, settings)
-        try:
-            thresholds = predictor.thresholds(args.which, threshold=args.threshold, overrides=overrides)
-            limits = Limits(max_files=10**9, max_request_bytes=2**62, max_zip_bytes=settings.max_zip_bytes)
-            files = read_local_images(args.images, limits)
-            result = predictor.predict(files, which=args.which, thresholds=thresholds)
-        finally:
-            predictor.close()
-        bundle = make_bundle(args.format, result.to_dict(), [f.data for f in files])
-    except (ManylabelError, ValueError, OSError) as exc:
-        return _fail(str(exc))
+        reply = asyncio.run(answer(predictor, options, files))
+    finally:
+        predictor.close()
+    if reply.status != 200:
+        raise ManylabelError(json.loads(reply.read()).get("error", f"HTTP {reply.status}"))
     if args.output == "-":
-        sys.stdout.buffer.write(bundle.data)
+        sys.stdout.buffer.write(reply.read())
     else:
-        atomic_write_bytes(Path(args.output), bundle.data)
-        counts = {label: sum(label in i.predicted for i in result.images) for label in result.labels}
-        print(f"{len(result.images)} images -> {args.output} ({args.format}); predicted per label: {counts}")
+        with atomic_writer(Path(args.output)) as out:
+            for chunk in reply.stream.chunks():
+                out.write(chunk)
+        print(f"{len(files)} images -> {args.output} ({args.format})")
     return 0
+
+
+def _json_object(flag: str, text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ManylabelError(f"{flag} {text[:100]!r} is not JSON; give e.g. '{{\"cat\": 0.4}}'") from None
+    if not isinstance(value, dict):
+        raise ManylabelError(f"{flag} must be a JSON object label -> threshold")
+    return value
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -109,8 +121,8 @@ def run_serve(args: argparse.Namespace) -> int:
             env[key] = str(value)
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or shutil.which("bentoml")
     if bentoml is None:
-        return _fail("the bentoml command is not installed in this environment")
-    root = Path(__file__).resolve().parent.parent  # where the `service` package lives
+        raise ManylabelError("the bentoml command is not installed in this environment")
+    root = Path(__file__).resolve().parents[2]  # where the `service` package lives
     cmd = [bentoml, "serve", SERVICE_IMPORT, "--host", args.host, "--port", str(args.port)]
     cmd += ["--working-dir", str(root)]
     print(" ".join(cmd), file=sys.stderr)
@@ -118,19 +130,3 @@ def run_serve(args: argparse.Namespace) -> int:
     # Become `bentoml serve`: signals (Ctrl-C, SIGTERM from Kubernetes) reach it directly.
     os.execve(bentoml, cmd, env)
     return 0  # pragma: no cover - execve does not return
-
-
-def _fail(message: str) -> int:
-    print(f"manylabel: error: {message}", file=sys.stderr)
-    return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="manylabel", description="manylabel prediction and serving")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

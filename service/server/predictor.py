@@ -3,7 +3,7 @@
 Both decode with `service.preprocess.load_image` and the manifest's preprocessing, score with the
 same onnxruntime sessions and apply thresholds with `runtime.apply_thresholds`, so a CLI run and
 an HTTP call on the same images give the same scores. The service adds only the asynchronous
-path: decoding in a thread pool and images of concurrent requests batched by `runtime.Batcher`.
+path: decoding in a thread pool and images of concurrent requests batched by `batcher.Batcher`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 
 from service.custom_thresholds import ThresholdFile
-from service.errors import ImageTooLargeError, InvalidImageError, ThresholdError
+from service.errors import ImageTooLargeError, InvalidImageError, RequestError, ThresholdError
 from service.manifest import WHICH_MODELS
 from service.preprocess import load_image
-from service.runtime import Batcher, ModelRuntime, apply_thresholds, resolve_thresholds, settle
-from service.settings import Settings, get_settings
+from service.server.batcher import Batcher, settle
+from service.server.http.uploads import IMAGES_FIELD, InputFile
+from service.server.runtime import ModelRuntime
+from service.server.settings import Settings, get_settings
 from service.store import StoredModel, load_model
-from service.uploads import IMAGES_FIELD, InputFile, UploadError
+from service.thresholds import apply_thresholds, check_which, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,10 @@ class Predictor:
         self.stored = stored
         self.manifest = stored.manifest
         self.labels = list(self.manifest.labels)
-        self.custom = ThresholdFile(stored.path, self.manifest)  # custom_thresholds.json, when saved
+        if self.settings.thresholds:  # pinned by the deployment: the same in every replica
+            self.custom = ThresholdFile.pinned_to(stored.path, self.manifest, self.settings.thresholds)
+        else:  # custom_thresholds.json, when saved (POST /thresholds, `manylabel thresholds`)
+            self.custom = ThresholdFile(stored.path, self.manifest)
         self.runtime = ModelRuntime(stored.path, self.manifest, self.settings)
         self.runtime.warm_up()
         self.tuning = self.runtime.tuning
@@ -119,13 +124,25 @@ class Predictor:
         threshold: float | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> list[float]:
-        """The thresholds a request uses: the saved custom ones (else the manifest's optimised ones),
-        then `threshold`, then `overrides` — the same defaults as the service's /predict."""
-        base = self.custom.effective(which)
-        return resolve_thresholds(self.labels, base, threshold=threshold, overrides=overrides)
+        """The thresholds a request uses (`service.thresholds.resolve`): the saved custom ones, else
+        the manifest's optimised ones, then `threshold`, then `overrides`."""
+        custom = self.custom.custom()  # re-reads custom_thresholds.json only when it changed
+        return resolve(
+            self.manifest, which, custom=custom, threshold=threshold, overrides=overrides
+        ).values.tolist()
+
+    def check_model(self, model: str | None) -> None:
+        """A request's `model` (NAME or NAME:VERSION) must be the one served; RequestError (404) else."""
+        if model is None or model in (self.stored.name, self.stored.tag):
+            return
+        raise RequestError(
+            f"model: {model[:100]!r} is not served here; this service serves {self.stored.tag!r}",
+            field="model",
+            status=404,
+        )
 
     def decode(self, file: InputFile) -> np.ndarray:
-        """Bytes -> (S, S, 3) uint8, exactly as training decodes. Raises UploadError (400 / 413)."""
+        """Bytes -> (S, S, 3) uint8, exactly as training decodes. Raises RequestError (400 / 413)."""
         try:
             return load_image(
                 file.data,
@@ -134,27 +151,14 @@ class Predictor:
                 max_pixels=self.settings.max_pixels,
             )
         except ImageTooLargeError as exc:
-            raise UploadError(
+            raise RequestError(
                 f"{IMAGES_FIELD}: {exc}", status=413, field=IMAGES_FIELD, file=file.name
             ) from exc
         except InvalidImageError as exc:
             message = str(exc) if str(exc) != "empty file" else f"{file.name!r}: empty file"
-            raise UploadError(f"{IMAGES_FIELD}: {message}", field=IMAGES_FIELD, file=file.name) from exc
+            raise RequestError(f"{IMAGES_FIELD}: {message}", field=IMAGES_FIELD, file=file.name) from exc
 
     # --- prediction -----------------------------------------------------------------------------
-
-    def predict(
-        self, files: Sequence[InputFile], *, which: str = "best", thresholds: Sequence[float] | None = None
-    ) -> Predictions:
-        """Synchronous, for the CLI: decode in threads, then score in batches."""
-        thresholds = self._check(which, thresholds)
-        arrays = list(self._decode_pool.map(self.decode, files))
-        size = self.tuning.max_batch_size
-        chunks = [
-            self.runtime.run(which, np.stack(arrays[i : i + size])) for i in range(0, len(arrays), size)
-        ]
-        scores = np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
-        return self._predictions(files, scores, which, thresholds)
 
     async def predict_async(
         self, files: Sequence[InputFile], *, which: str = "best", thresholds: Sequence[float] | None = None
@@ -173,10 +177,9 @@ class Predictor:
         return self._predictions(files, np.stack(rows), which, thresholds)
 
     def _check(self, which: str, thresholds: Sequence[float] | None) -> list[float]:
-        if which not in WHICH_MODELS:
-            raise UploadError(f"model: {which!r} is not a model; use 'best' or 'last'", field="model")
+        check_which(which)
         if thresholds is None:
-            return list(self.custom.effective(which))
+            return self.thresholds(which)
         if len(thresholds) != len(self.labels):
             raise ThresholdError(f"{len(thresholds)} thresholds for {len(self.labels)} labels")
         return list(thresholds)
@@ -241,6 +244,7 @@ class Predictor:
                 "max_files": self.settings.max_files,
                 "max_request_bytes": self.settings.max_request_bytes,
                 "max_zip_bytes": self.settings.max_zip_bytes,
+                "max_inflight_bytes": self.settings.max_inflight_bytes,
                 "max_pixels": self.settings.max_pixels,
             },
             "versions": {

@@ -7,31 +7,21 @@ CPU; `session.get_providers()` tells the truth, so we check it and say so.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from service.custom_thresholds import check_threshold
-from service.errors import ManifestError, ThresholdError
+from service.errors import ManifestError
 from service.manifest import WHICH_MODELS, Manifest
-from service.settings import Settings, Tuning
+from service.server.settings import Settings, Tuning
 
 logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-
-class OverloadedError(RuntimeError):
-    """More images wait for inference than the queue allows; the client should retry later."""
 
 
 @dataclass(frozen=True)
@@ -151,143 +141,3 @@ class ModelRuntime:
                     f"{which} model returns scores of shape {scores.shape} for one image; the manifest "
                     f"has {len(self.manifest.labels)} labels: model and manifest do not belong together"
                 )
-
-
-Done = Callable[[np.ndarray | None, BaseException | None], None]  # (scores, error), from a worker thread
-
-
-class Batcher:
-    """Adaptive batching of single images into onnxruntime calls, on worker threads.
-
-    Decode threads `put` images straight into the queue and `workers` inference threads take them,
-    so an image costs the event loop one wake-up (shared by its whole batch), not one per stage.
-    Greedy: an idle worker takes its share of what is queued (up to `max_batch_size`) at once;
-    while every worker is busy new images queue up, so batches grow with the load and an idle
-    service adds no latency. With `max_latency_ms` > 0 a worker waits up to that long for more
-    images while the batch is not full (worth it on a GPU). Answers "overloaded" only when more
-    than `max_queue` images wait, never because of latency.
-    """
-
-    def __init__(
-        self,
-        infer: Callable[[np.ndarray], np.ndarray],
-        *,
-        workers: int,
-        max_batch_size: int,
-        max_latency_ms: float = 0.0,
-        max_queue: int = 2048,
-        on_batch: Callable[[int, float], None] | None = None,
-        name: str = "infer",
-    ) -> None:
-        self._infer = infer
-        self._max_batch = max_batch_size
-        self._max_wait = max_latency_ms / 1000.0
-        self._max_queue = max_queue
-        self._on_batch = on_batch
-        self._queue: deque[tuple[np.ndarray, Done, float]] = deque()
-        self._ready = threading.Condition()
-        self._idle = workers
-        self._closed = False
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def put(self, image: np.ndarray, done: Done) -> None:
-        """Queue one (S, S, 3) image; `done(scores, error)` is called from a worker thread."""
-        with self._ready:
-            if len(self._queue) >= self._max_queue:
-                raise OverloadedError(f"{len(self._queue)} images are waiting for inference; retry later")
-            self._queue.append((image, done, time.monotonic()))
-            self._ready.notify()
-
-    async def submit(self, image: np.ndarray) -> np.ndarray:
-        """Score one image from asyncio code; returns its (L,) scores."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self.put(image, lambda scores, error: loop.call_soon_threadsafe(settle, future, scores, error))
-        return await future
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-
-    def _take(self) -> list[tuple[np.ndarray, Done, float]] | None:
-        with self._ready:
-            while True:
-                if self._closed:
-                    return None
-                if self._queue:
-                    wait = self._queue[0][2] + self._max_wait - time.monotonic()
-                    if len(self._queue) >= self._max_batch or wait <= 0:
-                        break
-                    self._ready.wait(wait)
-                else:
-                    self._ready.wait()
-            # Share the queue among the idle workers: one worker taking everything would leave
-            # the others idle while it works through a big batch.
-            take = min(self._max_batch, -(-len(self._queue) // self._idle))
-            jobs = [self._queue.popleft() for _ in range(min(take, len(self._queue)))]
-            self._idle -= 1
-            return jobs
-
-    def _work(self) -> None:
-        while (jobs := self._take()) is not None:
-            start = time.perf_counter()
-            try:
-                scores, error = self._infer(np.stack([job[0] for job in jobs])), None
-            except Exception as exc:  # handed to every waiting request
-                scores, error = None, exc
-            with self._ready:
-                self._idle += 1
-            if error is None and self._on_batch is not None:
-                self._on_batch(len(jobs), time.perf_counter() - start)
-            for i, (_, done, _) in enumerate(jobs):
-                done(None if scores is None else scores[i], error)
-
-
-def settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
-    """Complete `future` unless its request was cancelled meanwhile (call on the loop)."""
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-# --- thresholds ---------------------------------------------------------------------------------
-
-
-def resolve_thresholds(
-    labels: Sequence[str],
-    base: Sequence[float],
-    *,
-    threshold: float | None = None,
-    overrides: Mapping[str, float] | None = None,
-) -> list[float]:
-    """The per-label thresholds a request uses.
-
-    `base` (the manifest's, aligned with `labels`), replaced for every label by `threshold` when
-    given, then by `overrides` for the labels it names. Raises ThresholdError naming the bad entry.
-    """
-    values = list(base)
-    if threshold is not None:
-        values = [check_threshold("threshold", threshold)] * len(labels)
-    if overrides:
-        index = {label: i for i, label in enumerate(labels)}
-        for label, value in overrides.items():
-            if label not in index:
-                raise ThresholdError(
-                    f"thresholds: unknown label {label!r}; the model's labels are {list(labels)}"
-                )
-            values[index[label]] = check_threshold(f"thresholds[{label!r}]", value)
-    return values
-
-
-def apply_thresholds(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """(N, L) scores -> (N, L) bool: a label is predicted when its score >= its threshold."""
-    # Compared in float64, as a client reading the JSON scores and thresholds would.
-    return np.asarray(scores, dtype=np.float64) >= np.asarray(thresholds, dtype=np.float64)

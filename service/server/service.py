@@ -1,15 +1,15 @@
-"""The manylabel BentoML service: `bentoml serve service.service:ManyLabel`.
+"""The manylabel BentoML service: `bentoml serve service.server.service:ManyLabel`.
 
 Request path, kept thin because on a 2-core CPU every millisecond of Python is a millisecond not
 spent decoding or inferring:
-  `predict_routes.PredictRoutes` answers POST /predict and /predict_bundle at the ASGI layer: it
+  `http.predict.PredictRoutes` answers POST /predict and /predict_bundle at the ASGI layer: it
   parses the multipart body in memory (BentoML's own parser answers 500 to bad bodies and loses
-  file names) and calls `ManyLabel.answer`, skipping BentoML's per-call dispatch -> the options are
-  validated -> images are decoded in a thread pool -> `runtime.Batcher` groups images of
-  concurrent requests into onnxruntime calls on worker threads -> the answer is built from plain
+  file names), skipping BentoML's per-call dispatch -> `answer.options_from_form` validates the
+  options -> `answer.answer`: images are decoded in a thread pool -> `batcher.Batcher` groups images
+  of concurrent requests into onnxruntime calls on worker threads -> the answer is built from plain
   numbers.
 The `@bentoml.api` methods declare the same routes for the OpenAPI schema and BentoML's clients and
-serve in-process callers (`ManyLabel().predict(images=[path])`) through the same `answer`.
+serve in-process callers (`ManyLabel().predict(images=[path])`) through the same `answer.answer`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,45 +30,33 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 with bentoml.importing():
-    from service.bundles import FORMATS, make_bundle
-    from service.custom_thresholds import ThresholdFile
-    from service.errors import ThresholdError
-    from service.inspect_app import inspect_app, load_inspector
-    from service.predict_routes import PredictRoutes, Reply
-    from service.predictor import Predictor
-    from service.runtime import OverloadedError, resolve_thresholds
-    from service.settings import get_settings
-    from service.uploads import (
-        Form,
-        Limits,
-        Options,
-        UploadError,
-        collect_images,
-        form_from_values,
-        is_zip,
-        parse_options,
-    )
+    from service.errors import RequestError
+    from service.server.answer import BundleOptions, PredictOptions, answer, options_from_form
+    from service.server.http.budget import ByteBudget, Reservation
+    from service.server.http.inspect import inspect_app, load_inspector
+    from service.server.http.predict import PredictRoutes, Reply
+    from service.server.http.uploads import Form, Limits, collect_images, is_zip, read_local_images
+    from service.server.predictor import Predictor
+    from service.server.settings import get_settings
 
 # Under "bentoml" so the lines reach BentoML's server log handlers.
 logger = logging.getLogger("bentoml.manylabel")
 
-PREDICT_ROUTES = {"/predict": (), "/predict_bundle": FORMATS}  # route -> the bundle formats it offers
+PREDICT_ROUTES = ("/predict", "/predict_bundle")
 
 
 # --- documentation of the forms and answers (OpenAPI, BentoML client) ------------------------------
 
 
-class PredictForm(BaseModel):
-    images: list[Path] = Field(default_factory=list, description="image files, or .zip files of images")
-    model: Literal["best", "last"] = Field("best", description="which exported model scores the images")
-    threshold: float | None = Field(None, ge=0, le=1, description="one threshold for every label")
-    thresholds: dict[str, float] | None = Field(
-        None, description='JSON object label -> threshold, e.g. {"cat": 0.4}; other labels keep theirs'
-    )
+IMAGES_DOC = "image files, or .zip files of images"
 
 
-class BundleForm(PredictForm):
-    format: Literal["zip", "json", "csv"] = Field("zip", description="bundle format")
+class PredictForm(PredictOptions):
+    images: list[Path] = Field(default_factory=list, description=IMAGES_DOC)
+
+
+class BundleForm(BundleOptions):
+    images: list[Path] = Field(default_factory=list, description=IMAGES_DOC)
 
 
 class ImageAnswer(BaseModel):
@@ -132,9 +120,17 @@ info_app = Starlette(routes=[Route("/model", model_info, methods=["GET"])])
 # --- the service ------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _limits() -> Limits:
+    """The request limits, with the one in-flight byte budget this worker's requests share."""
     s = get_settings()
-    return Limits(max_files=s.max_files, max_request_bytes=s.max_request_bytes, max_zip_bytes=s.max_zip_bytes)
+    return Limits(
+        max_files=s.max_files,
+        max_request_bytes=s.max_request_bytes,
+        max_zip_bytes=s.max_zip_bytes,
+        inflight=ByteBudget(s.max_inflight_bytes),
+        body_timeout_s=s.body_timeout_s,
+    )
 
 
 @bentoml.asgi_app(info_app, path="/")
@@ -142,7 +138,10 @@ def _limits() -> Limits:
 @bentoml.service(
     name="manylabel",
     workers=1,  # one process: decode and inference threads share the model; scale out with replicas
-    traffic={"timeout": 600},
+    # Requests past max_concurrency are answered 503 at once instead of queueing without bound; 64 is
+    # twice the concurrency at which one 2-core replica already reaches its best throughput
+    # (benchmarks/README.md). Override: BENTOML_CONFIG_OPTIONS="services.manylabel.traffic.max_concurrency=N".
+    traffic={"timeout": 600, "max_concurrency": 64},
     # Per-request access-log lines and tracing spans cost ~0.5 ms of event-loop time per image.
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": list(PREDICT_ROUTES)},
@@ -159,8 +158,8 @@ class ManyLabel:
         self.summary = self.predictor.summary()
         stored = self.predictor.stored
         self.inspector = load_inspector(stored)  # None for a model stored without records.npz
-        # custom_thresholds.json (POST /thresholds, `manylabel thresholds`) is /predict's default.
-        self.custom = self.inspector.custom if self.inspector else ThresholdFile(stored.path, stored.manifest)
+        if self.inspector is not None:  # one view of the custom thresholds for /predict and /thresholds
+            self.inspector.custom = self.predictor.custom
         # Start-up objects (BentoML, onnxruntime, pydantic) live forever: keep them out of GC scans.
         gc.collect()
         gc.freeze()
@@ -181,57 +180,38 @@ class ManyLabel:
         self.predictor.close()
 
     # Over HTTP, PredictRoutes answers these two routes (see the module docstring); these bodies
-    # serve in-process callers with the same code and the same answers.
+    # serve the OpenAPI page's schema and in-process callers, through the same `answer`.
     @bentoml.api(route="/predict", input_spec=PredictForm, output_spec=PredictAnswer)
-    async def predict(self, **form: Any) -> Response:
+    async def predict(self, images: list[Path], **options: Any) -> Response:
         """Scores, predicted labels and thresholds for each uploaded image."""
-        return await self._local(form, "/predict")
+        return await self._local(images, lambda: PredictOptions.checked(options))
 
     @bentoml.api(route="/predict_bundle", input_spec=BundleForm, output_spec=PredictAnswer)
-    async def predict_bundle(self, **form: Any) -> Response:
+    async def predict_bundle(self, images: list[Path], **options: Any) -> Response:
         """The predictions as a file: zip (images in a folder per label), json or csv."""
-        return await self._local(form, "/predict_bundle")
+        return await self._local(images, lambda: BundleOptions.checked(options))
 
-    async def _local(self, values: dict[str, Any], route: str) -> Response:
+    async def _local(self, images: list[Path], options: Callable[[], PredictOptions]) -> Response:
         try:
-            reply = await self.answer(form_from_values(values), route)
-        except UploadError as exc:
-            reply = Reply.json(exc.status, exc.to_dict())
-        return Response(reply.body, reply.status, dict(reply.headers), reply.media_type)
+            files = await asyncio.to_thread(read_local_images, images, self.limits)
+            reply = await answer(self.predictor, options(), files)
+        except RequestError as exc:
+            reply = Reply.error(exc)
+        return Response(reply.read(), reply.status, dict(reply.headers), reply.media_type)
 
-    async def answer(self, form: Form, route: str) -> Reply:
-        """One predict request, from its parsed form. Raises UploadError for a request to refuse."""
-        options = parse_options(form.fields, formats=PREDICT_ROUTES[route])
-        thresholds = self._thresholds(options)
+    async def answer_form(self, form: Form, route: str, reservation: Reservation) -> Reply:
+        """One HTTP predict request, from its parsed multipart form."""
+        options = options_from_form(form.fields, bundle=route == "/predict_bundle")
         if any(is_zip(part) for part in form.files):  # unzipping is CPU work: off the loop
-            files = await asyncio.to_thread(collect_images, form.files, self.limits)
+            files = await asyncio.to_thread(collect_images, form.files, self.limits, reservation)
         else:
-            files = collect_images(form.files, self.limits)
-        try:
-            result = await self.predictor.predict_async(files, which=options.which, thresholds=thresholds)
-        except OverloadedError as exc:
-            return Reply.json(503, {"error": str(exc)}, headers=(("Retry-After", "1"),))
-        answer = result.to_dict()
-        if options.format is None:
-            return Reply(200, json.dumps(answer).encode())
-        bundle = await asyncio.to_thread(make_bundle, options.format, answer, [f.data for f in files])
-        disposition = f'attachment; filename="{bundle.filename}"'
-        return Reply(200, bundle.data, bundle.media_type, (("Content-Disposition", disposition),))
-
-    def _thresholds(self, options: Options) -> list[float]:
-        try:
-            base = self.custom.effective(options.which)  # re-reads the file only when it changed
-            return resolve_thresholds(
-                self.predictor.labels, base, threshold=options.threshold, overrides=options.thresholds
-            )
-        except ThresholdError as exc:
-            field = "thresholds" if str(exc).startswith("thresholds") else "threshold"
-            raise UploadError(str(exc), field=field) from exc
+            files = collect_images(form.files, self.limits, reservation)
+        return await answer(self.predictor, options, files)
 
 
-async def _answer_http(form: Form, route: str) -> Reply:
+async def _answer_http(form: Form, route: str, reservation: Reservation) -> Reply:
     service: ManyLabel = bentoml.get_current_service()
-    return await service.answer(form, route)
+    return await service.answer_form(form, route, reservation)
 
 
 ManyLabel.add_asgi_middleware(PredictRoutes, paths=PREDICT_ROUTES, limits=_limits, handler=_answer_http)

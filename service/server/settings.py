@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from service.errors import first_error
 
 ENV_PREFIX = "MANYLABEL_"
 Provider = Literal["auto", "cpu", "cuda"]
@@ -44,8 +46,20 @@ class Settings(BaseModel):
     # --- limits on what a request may send -----------------------------------------------------
     max_files: int = Field(1000, ge=1)  # images per request, zip members included (413 above)
     max_request_bytes: int = Field(256 << 20, ge=1024)  # request body size (413 above)
-    max_zip_bytes: int = Field(1 << 30, ge=1024)  # uncompressed size of all zips in a request
+    max_zip_bytes: int = Field(256 << 20, ge=1024)  # uncompressed size of all zips in a request
+    # Request bytes (bodies and unzipped images) all requests of a worker may hold at once; past it a
+    # request gets 503 + Retry-After: one 3 GiB replica then never holds more than ~1.5 GiB of uploads.
+    max_inflight_bytes: int = Field(1 << 30, ge=1 << 20)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)  # a client silent this long mid-body: 408
     max_pixels: int = Field(64_000_000, ge=1)  # pixels per image: decompression-bomb guard
+    max_bundle_bytes: int = Field(1 << 30, ge=1024)  # a /predict_bundle file (413 above)
+    # --- writes (POST /thresholds) -------------------------------------------------------------
+    # Set: writes need `Authorization: Bearer <token>`. Unset: writes only from loopback clients
+    # that name a loopback Host (a web page elsewhere cannot write through DNS rebinding).
+    api_token: SecretStr | None = None
+    # JSON {"best": {label: value}, "last": {...}}: the custom thresholds, pinned by the deployment
+    # (a ConfigMap in Kubernetes, the same for every replica); writes are then refused with 409.
+    thresholds: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -59,12 +73,10 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            name = str(first["loc"][0]) if first["loc"] else "?"
-            key = ENV_PREFIX + name.upper()
-            raise SettingsError(
-                f"{key}={environ.get(key, '')!r}: {first['msg']} (unset it to use the default)"
-            ) from exc
+            where, message = first_error(exc, show_input=False)
+            key = ENV_PREFIX + where.split(".")[0].upper()
+            shown = "(hidden)" if key.endswith("TOKEN") else repr(environ.get(key, "")[:100])
+            raise SettingsError(f"{key}={shown}: {message} (unset it to use the default)") from exc
 
     def tuning(self, *, gpu: bool) -> Tuning:
         """Concrete execution values for the provider actually in use."""

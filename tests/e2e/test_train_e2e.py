@@ -21,7 +21,7 @@ from service.preprocess import load_image
 from service.store import load_model
 from training import artifacts
 from training.config import TrainConfig
-from training.train import fit
+from training.fit import fit
 
 pytestmark = pytest.mark.slow
 LABELS = ("red", "blue", "green")

@@ -8,36 +8,17 @@ process's BentoML singletons are never pointed at it.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from bentoserve import free_port, start_serve, stop, wait_ready
-from servekit import PYTHON, REPO, SERVER_ENV, Server, build_model, image_bytes
-from tinymodel import SAVE_SCRIPT
+from servekit import SERVER_ENV, Server, image_bytes, serve_tiny_model
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("serve")
-    home = root / "bentoml_home"
-    build_model(root / "model")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **SERVER_ENV}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    tag = subprocess.run(
-        [PYTHON, "-c", SAVE_SCRIPT, str(root / "model")], env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    port = free_port()
-    log = root / "server.log"
-    proc = start_serve(env, log, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log)
-        yield Server(url=url, home=home, env=env, log=log, tag=tag)
-    finally:
-        stop(proc)
+    with serve_tiny_model(tmp_path_factory.mktemp("serve"), SERVER_ENV) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tinymodel import tiny_onnx
+from support.bentoserve import free_port, start_serve, stop, wait_ready
+from support.tinymodel import SAVE_SCRIPT, tiny_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -102,3 +107,25 @@ class Server:
     env: dict[str, str]
     log: Path
     tag: str
+    proc: subprocess.Popen | None = None
+
+
+@contextlib.contextmanager
+def serve_tiny_model(root: Path, env: dict[str, str]) -> Iterator[Server]:
+    """The tiny model saved into a BentoML store under `root` (by a subprocess, so this process's
+    BentoML singletons never point at it) and served by a real `bentoml serve` with `env`."""
+    home = root / "bentoml_home"
+    build_model(root / "model")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    save = [PYTHON, "-c", SAVE_SCRIPT, str(root / "model")]
+    tag = subprocess.run(save, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    log = root / "server.log"
+    proc = start_serve(env, log, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        yield Server(url=url, home=home, env=env, log=log, tag=tag, proc=proc)
+    finally:
+        stop(proc)

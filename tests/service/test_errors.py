@@ -9,7 +9,7 @@ import zipfile
 import httpx
 import pytest
 from PIL import Image
-from servekit import image_bytes
+from servekit import MODEL_NAME, image_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -136,9 +136,19 @@ def test_bad_thresholds(client: httpx.Client, jpeg: bytes, value: str, message: 
     assert_error(r, 400, field="thresholds", contains=[message])
 
 
-def test_unknown_model(client: httpx.Client, jpeg: bytes) -> None:
-    r = client.post("/predict", files=upload(("a.jpg", jpeg)), data={"model": "newest"})
-    assert_error(r, 400, field="model", contains=["'newest'", "'best' or 'last'"])
+def test_unknown_which(client: httpx.Client, jpeg: bytes) -> None:
+    r = client.post("/predict", files=upload(("a.jpg", jpeg)), data={"which": "newest"})
+    assert_error(r, 400, field="which", contains=["'best' or 'last'"])
+
+
+def test_a_model_that_is_not_served(client: httpx.Client, jpeg: bytes) -> None:
+    r = client.post("/predict", files=upload(("a.jpg", jpeg)), data={"model": "other-model:v1"})
+    assert_error(r, 404, field="model", contains=["'other-model:v1' is not served here", MODEL_NAME])
+
+
+def test_the_served_model_by_name(client: httpx.Client, jpeg: bytes) -> None:
+    r = client.post("/predict", files=upload(("a.jpg", jpeg)), data={"model": MODEL_NAME})
+    assert r.status_code == 200 and r.json()["model"] == MODEL_NAME
 
 
 def test_unknown_field(client: httpx.Client, jpeg: bytes) -> None:
@@ -160,7 +170,7 @@ def test_bad_bundle_format(client: httpx.Client, jpeg: bytes) -> None:
 
 
 def test_empty_form(client: httpx.Client) -> None:
-    r = client.post("/predict", files=[("model", (None, b"best"))])  # a form with no file
+    r = client.post("/predict", files=[("which", (None, b"best"))])  # a form with no file
     assert r.request.headers["content-type"].startswith("multipart/form-data")
     assert_error(r, 400, field="images", contains=["no images"])
 

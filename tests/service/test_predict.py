@@ -64,7 +64,7 @@ def test_openapi_documents_the_multipart_form(client: httpx.Client) -> None:
     assert r.status_code == 200
     paths = r.json()["paths"]
     form = paths["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert {"images", "model", "threshold", "thresholds"} <= set(form["properties"])
+    assert {"images", "model", "which", "threshold", "thresholds"} <= set(form["properties"])
     assert (
         "format"
         in paths["/predict_bundle"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"][
@@ -96,7 +96,7 @@ def test_predict_every_format_in_upload_order(client: httpx.Client, images: dict
 def test_last_model_has_its_own_scores_and_thresholds(client: httpx.Client, images: dict[str, bytes]) -> None:
     files = upload(("red.jpg", images["red.jpg"]))
     best = predict(client, files).json()["images"][0]
-    r = predict(client, files, model="last")
+    r = predict(client, files, which="last")
     assert r.status_code == 200 and r.json()["which"] == "last"
     last = r.json()["images"][0]
     check_image_answer(last, THRESHOLDS["last"])
@@ -124,7 +124,7 @@ def test_json_encoded_fields_as_bentoml_client_sends_them(
     client: httpx.Client, images: dict[str, bytes]
 ) -> None:
     # BentoML's client JSON-encodes every non-file field: "last" arrives with its quotes.
-    r = predict(client, upload(("red.jpg", images["red.jpg"])), model='"last"', threshold="0.25")
+    r = predict(client, upload(("red.jpg", images["red.jpg"])), which='"last"', threshold="0.25")
     assert r.status_code == 200, r.text
     assert r.json()["which"] == "last"
     check_image_answer(r.json()["images"][0], [0.25] * len(LABELS))
@@ -210,9 +210,9 @@ def test_bundle_csv_layout(client: httpx.Client, images: dict[str, bytes]) -> No
 
 def test_bundle_json_is_the_predict_answer(client: httpx.Client, images: dict[str, bytes]) -> None:
     files = upload(("red.jpg", images["red.jpg"]))
-    r = client.post("/predict_bundle", files=files, data={"format": "json", "model": "last"})
+    r = client.post("/predict_bundle", files=files, data={"format": "json", "which": "last"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    assert r.json() == predict(client, files, model="last").json()
+    assert r.json() == predict(client, files, which="last").json()
 
 
 def test_http_scores_equal_in_process_cli_scores(
@@ -223,11 +223,11 @@ def test_http_scores_equal_in_process_cli_scores(
     for name, data in images.items():
         (folder / name).write_bytes(data)
     out = tmp_path / "cli.json"
-    cmd = [sys.executable, "-m", "service.cli", "predict", "--model", MODEL_NAME, "--images", str(folder)]
+    cmd = [sys.executable, "-m", "service", "predict", "--model", MODEL_NAME, "--images", str(folder)]
     cmd += ["--which", "last", "--format", "json", "--output", str(out)]
     subprocess.run(cmd, cwd=REPO, env=server.env, check=True, capture_output=True)
     cli = {row["filename"]: row for row in json.loads(out.read_text())["images"]}
-    http = predict(client, upload(*images.items()), model="last").json()["images"]
+    http = predict(client, upload(*images.items()), which="last").json()["images"]
     assert sorted(cli) == sorted(images)
     for row in http:
         expected = cli[row["filename"]]
@@ -273,22 +273,22 @@ def test_bentoml_client_can_call_predict(server: Server, images: dict[str, bytes
     path = tmp_path / "red.jpg"
     path.write_bytes(images["red.jpg"])
     with bentoml.SyncHTTPClient(server.url) as bento:
-        answer = bento.predict(images=[path], model="last", thresholds={"cat": 0.1})
+        answer = bento.predict(images=[path], which="last", thresholds={"cat": 0.1})
     assert answer["which"] == "last" and answer["images"][0]["filename"] == "red.jpg"
     check_image_answer(answer["images"][0], [0.1, *THRESHOLDS["last"][1:]])
 
 
 IN_PROCESS_SCRIPT = """
 import asyncio, json, sys
-from service.service import ManyLabel
+from service.server.service import ManyLabel
 
 async def main():
     service = ManyLabel()  # the BentoML service class, instantiated here: no HTTP involved
     out = []
     for call in (
-        service.predict(images=[sys.argv[1]], model="last", thresholds={"cat": 0.1}),
+        service.predict(images=[sys.argv[1]], which="last", thresholds={"cat": 0.1}),
         service.predict_bundle(images=[sys.argv[1]], format="csv"),
-        service.predict(images=[sys.argv[1]], model="worst"),
+        service.predict(images=[sys.argv[1]], which="worst"),
         service.predict(images=[sys.argv[1]] * 6),
     ):
         r = await call
@@ -317,13 +317,13 @@ def test_api_methods_called_in_process_answer_as_http_does(
     assert done.returncode == 0, done.stderr[-3000:]
     scored, bundle, unknown, overloaded = json.loads(done.stdout.strip().splitlines()[-1])
 
-    http = predict(client, upload(("red.jpg", images["red.jpg"])), model="last", thresholds='{"cat": 0.1}')
+    http = predict(client, upload(("red.jpg", images["red.jpg"])), which="last", thresholds='{"cat": 0.1}')
     assert scored["status"] == 200 and json.loads(scored["body"]) == http.json()
     http_csv = client.post(
         "/predict_bundle", files=upload(("red.jpg", images["red.jpg"])), data={"format": "csv"}
     )
     assert bundle["status"] == 200 and bundle["body"] == http_csv.text
     assert bundle["headers"]["content-disposition"] == http_csv.headers["content-disposition"]
-    assert unknown["status"] == 400 and json.loads(unknown["body"])["field"] == "model"
+    assert unknown["status"] == 400 and json.loads(unknown["body"])["field"] == "which"
     assert overloaded["status"] == 503 and overloaded["headers"]["retry-after"] == "1"
     assert "images are waiting for inference" in json.loads(overloaded["body"])["error"]

@@ -1,4 +1,4 @@
-"""A real `bentoml serve service.service:ManyLabel` for the tests: start it, wait for /readyz, stop it."""
+"""A real `bentoml serve service.server.service:ManyLabel` for the tests: start, wait for /readyz, stop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+SERVICE = "service.server.service:ManyLabel"
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 
@@ -24,7 +25,7 @@ def start_serve(env: dict[str, str], log: Path, port: int, *, new_session: bool 
     """The server on 127.0.0.1:`port`, its output appended to `log`; not yet ready."""
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [BENTOML, "serve", "service.service:ManyLabel", "--host", "127.0.0.1", "--port", str(port)],
+            [BENTOML, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=out,

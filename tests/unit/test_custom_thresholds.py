@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service import custom_thresholds as ct
-from service.errors import ThresholdError
+from service.errors import CustomThresholdsError, RequestError
 from service.manifest import Backbone, Manifest, ModelEntry
 
 LABELS = ["cat", "dog", "bird"]
@@ -83,7 +83,7 @@ def test_set_all_then_per_label_then_reset(tmp_path, manifest):
 def test_validation_errors_leave_the_file_alone(tmp_path, manifest, call, match):
     ct.set_values(tmp_path, manifest, {"dog": 0.7})
     before = (tmp_path / ct.CUSTOM_THRESHOLDS_FILE).read_bytes()
-    with pytest.raises(ThresholdError, match=match):
+    with pytest.raises(RequestError, match=match):  # ThresholdError, or the which check's RequestError
         call(tmp_path, manifest)
     assert (tmp_path / ct.CUSTOM_THRESHOLDS_FILE).read_bytes() == before
 
@@ -142,3 +142,30 @@ def test_threshold_file_sees_changes_made_elsewhere(tmp_path: Path, manifest):
     assert watched.effective("best") == [0.8, 0.8, 0.8]
     watched.reset()
     assert watched.effective("best") == [0.5, 0.4, 0.6]
+
+
+def test_thresholds_pinned_by_the_deployment_win_and_refuse_writes(tmp_path, manifest):
+    ct.set_values(tmp_path, manifest, {"dog": 0.7})  # a file left in the store is ignored when pinned
+    pinned = ct.ThresholdFile.pinned_to(tmp_path, manifest, '{"best": {"cat": 0.25}}')
+    assert pinned.effective("best") == [0.25, *ct.effective(manifest, "best")[1:]]
+    assert pinned.describe()["pinned"] is True
+    writes = (lambda: pinned.set_values({"cat": 0.3}), lambda: pinned.set_all(0.3), lambda: pinned.reset())
+    for write in writes:
+        with pytest.raises(CustomThresholdsError, match="MANYLABEL_THRESHOLDS") as err:
+            write()
+        assert err.value.status == 409
+    assert ct.read(tmp_path, manifest).values("best") == {"dog": 0.7}  # untouched
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{not json", "not JSON"),
+        ('{"best": {"horse": 0.5}}', "unknown label"),
+        ('{"best": {"cat": 2}}', "outside"),
+    ],
+)
+def test_a_bad_pinned_value_fails_at_start_up(tmp_path, manifest, text, match):
+    with pytest.raises(CustomThresholdsError, match=match) as err:
+        ct.ThresholdFile.pinned_to(tmp_path, manifest, text)
+    assert err.value.status == 500 and "MANYLABEL_THRESHOLDS" in str(err.value)

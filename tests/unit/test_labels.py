@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.labels import (
+from training.data.labels import (
     LabelledSet,
     Sample,
     label_counts_table,
@@ -15,7 +15,7 @@ from training.labels import (
     read_labels_csv,
     select_labels,
 )
-from training.sources import DataError, ImageFile
+from training.data.sources import DataError, ImageFile
 
 
 def csv_file(tmp_path: Path, data: bytes | str, name: str = "labels.csv") -> Path:
@@ -161,7 +161,7 @@ def test_label_counts_table() -> None:
 
 
 def test_match_against_a_real_folder(tmp_path: Path) -> None:
-    from training.sources import open_source
+    from training.data.sources import open_source
 
     for name in ["p/a.png", "p/b.png"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -169,3 +169,13 @@ def test_match_against_a_real_folder(tmp_path: Path) -> None:
     with open_source(tmp_path / "p") as imgs:
         ls = match_labels(imgs, read_labels_csv(csv_file(tmp_path, "a.png,cat\nb.png\n")))
     assert labels_of(ls) == {"a.png": {"cat"}, "b.png": set()}
+
+
+def test_a_predictions_csv_fed_back_keeps_labels_that_were_neutralised(tmp_path: Path) -> None:
+    from service.bundles import csv_safe
+
+    path = tmp_path / "labels.csv"
+    path.write_text(f"a.jpg,{csv_safe('+plus')},{csv_safe('=eq')},cat\n", encoding="utf-8")
+    table = read_labels_csv(path)
+    assert "'" not in path.read_text().split(",", 1)[0] and "'+plus" in path.read_text()
+    assert {"+plus", "=eq", "cat"} <= set(table.labels)

@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from service.errors import ManifestError
+from service.files import atomic_write_bytes
 from service.manifest import (
     MANIFEST_FILE,
     Backbone,
+    FileEntry,
     Manifest,
     ModelEntry,
-    atomic_write_bytes,
     file_entry,
 )
 
@@ -189,3 +191,18 @@ def test_atomic_write_replaces_an_existing_file_and_leaves_no_temp_file(tmp_path
     atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["data.bin"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../outside.onnx", "a/../../b.onnx", "C:/x.onnx", "a\\b.onnx", ""]
+)
+def test_file_paths_must_stay_inside_the_model_folder(path: str) -> None:
+    with pytest.raises(ValidationError, match="path"):
+        FileEntry(path=path, sha256="0" * 64, size=1)
+
+
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused_on_read(tmp_path: Path) -> None:
+    raw = _raw(tmp_path)
+    raw["files"].append({"path": "../../etc/passwd", "sha256": "0" * 64, "size": 1})
+    with pytest.raises(ManifestError, match="files.2.path"):
+        _read_raw(tmp_path, raw)

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from service.predict_routes import PredictRoutes, Reply
-from service.uploads import Form, Limits, UploadError
+from service.errors import RequestError
+from service.server.http.budget import Reservation
+from service.server.http.predict import PredictRoutes, Reply
+from service.server.http.uploads import Form, Limits
 
 BOUNDARY = "xyz"
 
@@ -68,26 +70,26 @@ def routes(handler, inner=None) -> PredictRoutes:
 def test_the_form_reaches_the_handler_across_chunks_and_its_reply_is_sent() -> None:
     seen: list[tuple[Form, str]] = []
 
-    async def handler(form: Form, route: str) -> Reply:
+    async def handler(form: Form, route: str, reservation: Reservation) -> Reply:
         seen.append((form, route))
         return Reply(
             200, b"zip bytes", "application/zip", (("Content-Disposition", 'attachment; filename="p.zip"'),)
         )
 
-    data = body(("model", None, b"last"), ("images", "a b.jpg", b"\xff\xd8 jpeg"))
+    data = body(("which", None, b"last"), ("images", "a b.jpg", b"\xff\xd8 jpeg"))
     sent = call(routes(handler), scope("/predict_bundle"), [data[:7], data[7:40], data[40:]])
     status, headers, content = answer(sent)
     assert status == 200 and content == b"zip bytes"
     assert headers[b"content-type"] == b"application/zip" and headers[b"content-length"] == b"9"
     assert headers[b"content-disposition"] == b'attachment; filename="p.zip"'
     ((form, route),) = seen
-    assert route == "/predict_bundle" and form.fields == {"model": ["last"]}
+    assert route == "/predict_bundle" and form.fields == {"which": ["last"]}
     assert [(p.filename, bytes(p.data)) for p in form.files] == [("a b.jpg", b"\xff\xd8 jpeg")]
 
 
 def test_a_refusal_from_the_handler_is_its_status_and_json() -> None:
-    async def handler(form: Form, route: str) -> Reply:
-        raise UploadError("model: 'worst' is not a model", field="model")
+    async def handler(form: Form, route: str, reservation: Reservation) -> Reply:
+        raise RequestError("model: 'worst' is not a model", field="model")
 
     status, _, content = answer(call(routes(handler), scope(), [body(("model", None, b"worst"))]))
     assert status == 400 and json.loads(content) == {
@@ -97,7 +99,7 @@ def test_a_refusal_from_the_handler_is_its_status_and_json() -> None:
 
 
 def test_a_bad_body_is_a_4xx_before_the_handler_runs() -> None:
-    async def handler(form: Form, route: str) -> Reply:
+    async def handler(form: Form, route: str, reservation: Reservation) -> Reply:
         raise AssertionError("handler called for a bad body")
 
     truncated = body(("images", "a.jpg", b"x"))[:-10]
@@ -108,7 +110,7 @@ def test_a_bad_body_is_a_4xx_before_the_handler_runs() -> None:
 
 
 def test_a_crashing_handler_is_a_logged_500_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    async def handler(form: Form, route: str) -> Reply:
+    async def handler(form: Form, route: str, reservation: Reservation) -> Reply:
         raise RuntimeError("secret internal detail")
 
     with caplog.at_level(logging.ERROR, logger="bentoml.manylabel"):
@@ -119,7 +121,7 @@ def test_a_crashing_handler_is_a_logged_500_without_a_traceback(caplog: pytest.L
 
 
 def test_a_client_that_leaves_mid_body_gets_nothing_and_the_handler_never_runs() -> None:
-    async def handler(form: Form, route: str) -> Reply:
+    async def handler(form: Form, route: str, reservation: Reservation) -> Reply:
         raise AssertionError("handler called after a disconnect")
 
     assert call(routes(handler), scope(), [body(("images", "a.jpg", b"x"))[:20]], disconnect=True) == []
@@ -131,7 +133,7 @@ def test_other_methods_and_paths_go_to_the_wrapped_app() -> None:
     async def inner(sc, receive, send) -> None:
         passed.append((sc["method"], sc["path"]))
 
-    async def handler(form: Form, route: str) -> Reply:
+    async def handler(form: Form, route: str, reservation: Reservation) -> Reply:
         raise AssertionError("handler called for a route it does not own")
 
     app = routes(handler, inner)

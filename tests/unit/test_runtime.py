@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from pathlib import Path
 
@@ -11,48 +10,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.errors import ThresholdError
-from service.runtime import (
-    CPU,
-    CUDA,
-    Batcher,
-    OverloadedError,
-    apply_thresholds,
-    open_session,
-    resolve_thresholds,
-)
-from service.settings import Settings, SettingsError
+from service.server.batcher import Batcher, OverloadedError
+from service.server.runtime import CPU, CUDA, open_session
+from service.server.settings import Settings, SettingsError
+from service.thresholds import apply_thresholds
 
 LABELS = ["a", "b", "c"]
 
 # --- thresholds ----------------------------------------------------------------------------------
-
-
-def test_thresholds_default_to_the_manifest() -> None:
-    assert resolve_thresholds(LABELS, [0.1, 0.2, 0.3]) == [0.1, 0.2, 0.3]
-
-
-def test_one_threshold_then_overrides() -> None:
-    assert resolve_thresholds(LABELS, [0.1, 0.2, 0.3], threshold=0.5) == [0.5, 0.5, 0.5]
-    assert resolve_thresholds(LABELS, [0.1, 0.2, 0.3], overrides={"b": 0}) == [0.1, 0.0, 0.3]
-    assert resolve_thresholds(LABELS, [0.1, 0.2, 0.3], threshold=0.5, overrides={"c": 1}) == [0.5, 0.5, 1.0]
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"overrides": {"z": 0.5}}, "unknown label 'z'"),
-        ({"overrides": {"a": math.nan}}, "outside [0, 1]"),
-        ({"overrides": {"a": -0.01}}, "outside [0, 1]"),
-        ({"overrides": {"a": True}}, "not a number"),
-        ({"overrides": {"a": "0.5"}}, "not a number"),
-        ({"threshold": 1.01}, "threshold: 1.01 is outside"),
-        ({"threshold": math.inf}, "outside [0, 1]"),
-    ],
-)
-def test_bad_thresholds(kwargs: dict, message: str) -> None:
-    with pytest.raises(ThresholdError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        resolve_thresholds(LABELS, [0.5, 0.5, 0.5], **kwargs)
 
 
 def test_apply_thresholds_is_at_or_above() -> None:
@@ -197,7 +162,7 @@ def test_cpu_provider(identity_onnx: Path) -> None:
 
 
 def test_auto_reports_why_it_is_on_cpu(identity_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("service.runtime.gpu_visible", lambda: False)
+    monkeypatch.setattr("service.server.runtime.gpu_visible", lambda: False)
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     _, report = open_session(identity_onnx, provider="auto", intra_op_threads=1)
     assert report.active == CPU and report.note == "no NVIDIA GPU visible; running on CPU"
@@ -213,7 +178,7 @@ def test_cuda_that_silently_falls_back_is_detected(
         assert report.active == CUDA and report.gpu
         return
     # Without its libraries or a GPU it quietly runs on the CPU: we must notice.
-    monkeypatch.setattr("service.runtime.gpu_visible", lambda: True)
+    monkeypatch.setattr("service.server.runtime.gpu_visible", lambda: True)
     _, report = open_session(identity_onnx, provider="auto", intra_op_threads=1)
     assert report.active == CPU and "fell back to CPU" in report.note
     with pytest.raises(RuntimeError, match="MANYLABEL_PROVIDER=cuda: .*fell back to CPU"):

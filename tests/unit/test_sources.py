@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from service.errors import ArchiveError
-from training.sources import DataError, ImageFile, open_source
+from training.data.sources import DataError, ImageFile, open_source
 
 
 def png_bytes(colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -150,7 +150,7 @@ def test_zip_whose_header_lies_about_the_size_is_refused(tmp_path: Path) -> None
 
 def test_not_a_zip_and_imageless_zip(tmp_path: Path) -> None:
     fake = write(tmp_path / "fake.zip", b"this is not a zip")
-    with pytest.raises(ArchiveError, match="not a readable .zip"), open_source(fake):
+    with pytest.raises(ArchiveError, match="not a readable zip"), open_source(fake):
         pass
     empty = make_zip(tmp_path / "empty.zip", {"readme.txt": b"x"})
     with pytest.raises(DataError, match="holds no images"), open_source(empty):

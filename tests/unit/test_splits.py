@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from training.labels import LabelledSet, Sample
-from training.sources import DataError, ImageFile
-from training.splits import split_samples, user_split
+from training.data.labels import LabelledSet, Sample
+from training.data.sources import DataError, ImageFile
+from training.data.splits import split_samples, user_split
 
 
 def sample(name: str, *labels: str) -> Sample:

@@ -1,4 +1,4 @@
-"""training.thresholds: hand-worked cuts, a brute-force oracle, fallbacks, profiles and speed."""
+"""training.threshold_search: hand-worked cuts, a brute-force oracle, fallbacks, profiles and speed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from training.thresholds import (
+from training.threshold_search import (
     best_f1_threshold,
     f1_thresholds,
     target_precision_thresholds,
@@ -100,7 +100,7 @@ def test_f1_thresholds_records_fallbacks(caplog: pytest.LogCaptureFixture) -> No
     y_true[:, 2] = True  # no negatives
     y_true[:, 3] = False  # no positives
     labels = ["ok", "rare", "everywhere", "never"]
-    with caplog.at_level(logging.WARNING, logger="training.thresholds"):
+    with caplog.at_level(logging.WARNING, logger="training.threshold_search"):
         result = f1_thresholds(y_true, y_score, labels, min_positives=3, fallback=0.5)
     assert result.fallbacks == {
         "rare": "2 positives < 3: fixed 0.5",
@@ -176,6 +176,6 @@ def test_profiles_reject_bad_target() -> None:
 
 
 def test_docstring_examples() -> None:
-    import training.thresholds
+    import training.threshold_search
 
-    assert doctest.testmod(training.thresholds).failed == 0
+    assert doctest.testmod(training.threshold_search).failed == 0

@@ -12,10 +12,10 @@ import numpy as np
 from service.manifest import Preprocessing
 from service.preprocess import load_image
 from training.config import TrainConfig
+from training.data.labels import label_counts_table, match_labels, read_labels_csv, select_labels
+from training.data.sources import DataError, ImageFile, Sample, open_source
+from training.data.splits import split_samples, user_split
 from training.features import FeatureSet
-from training.labels import label_counts_table, match_labels, read_labels_csv, select_labels
-from training.sources import DataError, ImageFile, Sample, open_source
-from training.splits import split_samples, user_split
 
 PARITY_IMAGES = 4
 

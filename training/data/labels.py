@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.bundles import csv_unsafe
 from service.preprocess import is_image_name
-from training.sources import DataError, ImageFile, Sample
+from training.data.sources import DataError, ImageFile, Sample
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,8 @@ def _rows(text: str, name: str) -> list[Row]:
     rows: list[Row] = []
     try:
         for cells in reader:
-            stripped = [c.strip() for c in cells]
+            # csv_unsafe: a predictions CSV fed back keeps its labels ('+cmd was written for +cmd).
+            stripped = [csv_unsafe(c.strip()) for c in cells]
             if any(stripped):
                 rows.append((reader.line_num, stripped))
     except csv.Error as exc:

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-import stat
 import tempfile
 import zipfile
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import ArchiveError, ManylabelError
+from service.files import MEMBER_ERRORS, check_member, is_junk, open_zip
 from service.preprocess import IMAGE_SUFFIXES, is_image_name
 
 log = logging.getLogger(__name__)
@@ -33,18 +31,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_FILES = 1_000_000
 DEFAULT_MAX_BYTES = 50 * 2**30
 _CHUNK = 1 << 20
-_DRIVE = re.compile(r"^[A-Za-z]:")
-# What zipfile raises on damaged input: RuntimeError for encrypted members, NotImplementedError for an
-# unknown compression method, zlib.error / EOFError for corrupt or truncated data.
-_ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    OSError,
-    RuntimeError,
-    NotImplementedError,
-    EOFError,
-    zlib.error,
-)
 
 
 class DataError(ManylabelError):
@@ -61,7 +47,7 @@ class ImageFile:
 
 @dataclass(frozen=True)
 class Sample:
-    """An image and its labels (also importable from training.labels, where samples are made)."""
+    """An image and its labels (also importable from training.data.labels, where samples are made)."""
 
     image: ImageFile
     labels: frozenset[str]  # empty: a valid all-negative example
@@ -119,9 +105,9 @@ def _scan_dir(root: Path, max_files: int) -> list[ImageFile]:
     root = root.resolve()
     images: list[ImageFile] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not _skipped(d)]  # prune: never descend into them
+        dirnames[:] = [d for d in dirnames if not is_junk(d)]  # prune: never descend into them
         for name in filenames:
-            if _skipped(name) or not is_image_name(name):
+            if is_junk(name) or not is_image_name(name):
                 continue
             path = Path(dirpath, name)
             images.append(ImageFile(path.relative_to(root).as_posix(), path))
@@ -141,7 +127,7 @@ def _loose_files(paths: Sequence[Path], max_files: int) -> list[ImageFile]:
             raise DataError(f"{path}: no such file")
         if path.is_dir():
             raise DataError(f"{path} is a folder; pass a folder on its own, not in a list of files")
-        if _skipped(path.name) or not is_image_name(path.name):
+        if is_junk(path.name) or not is_image_name(path.name):
             log.warning("skipping %s: hidden or not an image file name (%s)", path, _suffixes())
             continue
         chosen[path] = None
@@ -174,14 +160,15 @@ def _unique_names(paths: Sequence[Path]) -> dict[Path, str]:
 
 def _extract_zip(archive: Path, dest: Path, max_files: int, max_bytes: int) -> list[ImageFile]:
     try:
-        with zipfile.ZipFile(archive) as zf:
+        members = 2 * max_files + 16  # folders and non-images count: a huge directory costs memory too
+        with open(archive, "rb") as handle, open_zip(handle, str(archive), max_members=members) as zf:
             planned = _plan_members(zf, archive, max_files, max_bytes)
             used = 0
             images = []
             for info, rel in planned:
                 used = _extract_member(zf, info, rel, dest, archive, used, max_bytes)
                 images.append(ImageFile(rel, dest.joinpath(*rel.split("/"))))
-    except _ZIP_ERRORS as exc:
+    except MEMBER_ERRORS as exc:
         raise ArchiveError(
             f"{archive}: not a readable .zip ({exc}); re-create it, or unzip it and pass the folder"
         ) from exc
@@ -200,8 +187,8 @@ def _plan_members(
     seen: set[str] = set()
     declared = 0
     for info in zf.infolist():
-        rel = _safe_member_name(info, archive)
-        if info.is_dir() or not rel or any(_skipped(p) for p in rel.split("/")) or not is_image_name(rel):
+        rel = check_member(str(archive), info)  # any unsafe member refuses the whole archive
+        if info.is_dir() or not rel or is_junk(rel) or not is_image_name(rel):
             continue
         if rel in seen:
             raise ArchiveError(f"{archive}: member {rel!r} appears twice; re-create the .zip")
@@ -218,23 +205,6 @@ def _plan_members(
     return planned
 
 
-def _safe_member_name(info: zipfile.ZipInfo, archive: Path) -> str:
-    """Return the member's normalised posix name, or refuse the archive if the name could escape `dest`.
-
-    Any unsafe member refuses the whole archive, not just that member: such names are made on purpose.
-    """
-    name = info.filename
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise ArchiveError(
-            f"{archive}: member {name!r} is a symbolic link; links are refused (they can "
-            "point outside the archive)"
-        )
-    if name.startswith(("/", "\\")) or _DRIVE.match(name):
-        raise ArchiveError(f"{archive}: member {name!r} has an absolute path; refused")
-    parts = [p for p in re.split(r"[\\/]", name) if p not in ("", ".")]  # old Windows tools write '\'
-    if ".." in parts:
-        raise ArchiveError(f"{archive}: member {name!r} climbs out of the archive with '..'; refused")
-    return "/".join(parts)
 
 
 def _extract_member(
@@ -246,7 +216,7 @@ def _extract_member(
     (zipfile itself stops at the declared size today; counting here does not depend on that).
     """
     target = dest.joinpath(*rel.split("/"))
-    if not target.resolve().is_relative_to(dest):  # belt and braces behind _safe_member_name
+    if not target.resolve().is_relative_to(dest):  # belt and braces behind check_member
         raise ArchiveError(f"{archive}: member {rel!r} would be written outside the extraction folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -263,8 +233,6 @@ def _extract_member(
     return used + written
 
 
-def _skipped(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
 
 
 def _suffixes() -> str:

@@ -14,8 +14,8 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from training.labels import LabelledSet, Sample
-from training.sources import DataError
+from training.data.labels import LabelledSet, Sample
+from training.data.sources import DataError
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,18 @@ BentoML's server middlewares outside this one (request metrics, timeout, CORS, t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from service.multipart import MultipartReader
-from service.uploads import Form, Limits, UploadError, decode_text, too_large
+from service.bundles import BundleFile
+from service.errors import RequestError
+from service.server.http.budget import Reservation
+from service.server.http.multipart import MultipartReader
+from service.server.http.uploads import Form, Limits, decode_text, too_large
 
 logger = logging.getLogger("bentoml.manylabel")
 
@@ -30,20 +34,45 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Reply:
-    """An HTTP answer as plain data, so the same handler serves ASGI and in-process callers."""
+    """An HTTP answer as plain data, so the same handler serves ASGI and in-process callers.
+
+    A bundle comes as `stream` (a spooled file: in memory up to a few MB, on disk beyond) instead of
+    `body`, sent in chunks and closed once sent; `read()` gives the bytes to in-process callers.
+    """
 
     status: int
     body: bytes
     media_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+    stream: BundleFile | None = None
+
+    @property
+    def size(self) -> int:
+        return self.stream.size if self.stream is not None else len(self.body)
+
+    def read(self) -> bytes:
+        """The whole body (closes the stream)."""
+        if self.stream is None:
+            return self.body
+        return b"".join(self.stream.chunks())
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
 
     @classmethod
     def json(cls, status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
         return cls(status, json.dumps(body).encode(), "application/json", headers)
 
+    @classmethod
+    def error(cls, exc: RequestError) -> Reply:
+        """The one error body; Retry-After when the refusal is temporary."""
+        headers = (("Retry-After", str(exc.retry_after)),) if exc.retry_after is not None else ()
+        return cls.json(exc.status, exc.to_dict(), headers)
 
-# (form, path) -> reply; raises UploadError for a request to refuse.
-Handler = Callable[[Form, str], Awaitable[Reply]]
+
+# (form, path, the request's byte reservation) -> reply; raises RequestError for a request to refuse.
+Handler = Callable[[Form, str, Reservation], Awaitable[Reply]]
 
 
 class PredictRoutes:
@@ -65,28 +94,49 @@ class PredictRoutes:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
+        limits = self.limits()
+        reservation = Reservation(limits.inflight)
         try:
-            form = await read_form(scope, receive, self.limits())
+            form = await read_form(scope, receive, limits, reservation)
             if form is None:  # the client went away
                 return
-            reply = await self.handler(form, scope["path"])
-        except UploadError as exc:
-            reply = Reply.json(exc.status, exc.to_dict())
+            reply = await self.handler(form, scope["path"], reservation)
+        except RequestError as exc:
+            reply = Reply.error(exc)
         except Exception:
             logger.exception("%s %s failed", scope["method"], scope["path"])
-            reply = Reply.json(500, {"error": "an unexpected error occurred; the server log has the details"})
+            reply = Reply.json(
+                500, {"error": "an unexpected error occurred; the server log has the details", "field": None}
+            )
+        finally:
+            reservation.close()
         await send_reply(send, reply)
 
 
-async def read_form(scope: Scope, receive: Receive, limits: Limits) -> Form | None:
-    """The request's multipart form, within `limits`; None when the client disconnects first."""
+async def read_form(
+    scope: Scope, receive: Receive, limits: Limits, reservation: Reservation | None = None
+) -> Form | None:
+    """The request's multipart form, within `limits`; None when the client disconnects first.
+
+    Every byte kept is taken from `reservation` (the worker's budget), a declared Content-Length up
+    front; a client silent for `limits.body_timeout_s` mid-body is answered 408.
+    """
     headers = dict(scope["headers"])
     length = headers.get(b"content-length")
     if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
         raise too_large(int(length), limits.max_request_bytes)
     reader = MultipartReader(decode_text(headers.get(b"content-type", b"")), limits)
+    if reservation is not None and length is not None and length.isdigit():
+        reservation.take(int(length))  # the whole body, before any of it is read
+    else:
+        reader.reservation = reservation
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), limits.body_timeout_s)
+        except TimeoutError:
+            raise RequestError(
+                f"the request body stalled for {limits.body_timeout_s:g} s; send it at once", status=408
+            ) from None
         if message["type"] == "http.disconnect":
             return None
         reader.feed(message.get("body", b""))
@@ -97,8 +147,17 @@ async def read_form(scope: Scope, receive: Receive, limits: Limits) -> Form | No
 async def send_reply(send: Send, reply: Reply) -> None:
     headers = [
         (b"content-type", reply.media_type.encode()),
-        (b"content-length", str(len(reply.body)).encode()),
+        (b"content-length", str(reply.size).encode()),
         *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers),
     ]
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body})
+    try:
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        if reply.stream is None:
+            await send({"type": "http.response.body", "body": reply.body})
+            return
+        chunks = reply.stream.chunks()
+        while chunk := await asyncio.to_thread(next, chunks, b""):  # file reads off the event loop
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        reply.close()

@@ -1,0 +1,64 @@
+"""One worker's budget of request bytes in memory: bodies being read and images unzipped from them.
+
+A request reserves what it holds (its Content-Length up front when declared, else each chunk as it
+arrives; each zip member's size before it is read) and gives it all back when it ends. A request
+that would take the worker past its budget is answered 503 with Retry-After instead of growing the
+process until the kernel's OOM killer ends every request on the replica.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from service.errors import RequestError
+
+
+class Overloaded(RequestError):
+    """The worker holds as many request bytes as it may; the client should retry shortly."""
+
+    status = 503
+    retry_after = 1
+
+
+class ByteBudget:
+    """Bytes the worker's requests may hold at once (thread-safe: zips expand on worker threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
+class Reservation:
+    """What one request holds of a `ByteBudget`; `close()` gives it back (call it in a finally)."""
+
+    def __init__(self, budget: ByteBudget | None) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.budget is None or size <= 0:
+            return
+        if not self.budget.reserve(size):
+            raise Overloaded(
+                f"the server holds {self.budget.used:,} bytes of uploads, its limit is "
+                f"{self.budget.limit:,}; "
+                "retry in a moment (or send smaller requests)"
+            )
+        self.held += size
+
+    def close(self) -> None:
+        if self.budget is not None and self.held:
+            self.budget.release(self.held)
+        self.held = 0
