@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 from service.manifest import Preprocessing  # noqa: E402
 from service.preprocess import is_image_name, load_image  # noqa: E402
 from training.backbone import backbone_onnx  # noqa: E402
+from training.data.sources import ImageFile  # noqa: E402
 from training.features import compute_features, open_session  # noqa: E402
-from training.sources import ImageFile  # noqa: E402
 
 BATCH = 32  # TrainConfig.feature_batch
 

@@ -7,7 +7,7 @@ preprocessing (`service.preprocess.load_image`) and onnxruntime options (intra-o
 spinning off), and answers the same request: multipart POST /predict, one JPEG in field `images`.
   * in-process: decode + onnxruntime in one Python process, no HTTP (its own process, so its peak
     RSS is its own): `conc` images in flight served by min(conc, cores) threads, batch 1;
-  * manylabel: `bentoml serve service.service:ManyLabel` with its defaults (adaptive batching);
+  * manylabel: `bentoml serve service.server.service:ManyLabel` with its defaults (adaptive batching);
   * peers (benchmarks/peers/, run with --peers-python): PyTriton (Triton's dynamic batcher),
     LitServe (`max_batch_size` + `batch_timeout`), plain FastAPI (no batching).
 The images are resized copies (longest side 256 and 1000 px, JPEG q90) of the photos in --images,
@@ -128,7 +128,8 @@ def make_image_sets(folders: Iterable[Path], sizes: Iterable[int], limit: int, o
 def server_command(target: str, model: str, model_dir: Path, port: int, peers_python: str) -> list[str]:
     if target == "manylabel":
         bentoml = str(Path(sys.executable).parent / "bentoml")
-        return [bentoml, "serve", "service.service:ManyLabel", "--host", "127.0.0.1", "--port", str(port)]
+        service = "service.server.service:ManyLabel"
+        return [bentoml, "serve", service, "--host", "127.0.0.1", "--port", str(port)]
     return [peers_python, str(PEERS[target]), "--model-dir", str(model_dir), "--port", str(port)]
 
 
@@ -287,7 +288,7 @@ def in_process(
     import onnxruntime as ort
 
     from service.preprocess import load_image
-    from service.runtime import session_options
+    from service.server.runtime import session_options
 
     spec, inp = manifest.preprocessing, manifest.preprocessing.input_name
     session = ort.InferenceSession(

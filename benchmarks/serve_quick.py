@@ -5,7 +5,7 @@
 For each image folder and each concurrency (closed loop, one image per request):
   * in-process reference: `load_image` + onnxruntime in one process, N threads, no HTTP; both
     1 and all-cores intra-op threads are tried and the faster one is the reference;
-  * manylabel: `bentoml serve service.service:ManyLabel` started here, driven by a lean asyncio
+  * manylabel: `bentoml serve service.server.service:ManyLabel` started here, driven by a lean asyncio
     HTTP/1.1 client (keep-alive, bodies encoded once) so the client takes little of the CPU.
 Prints a Markdown table (images/s, p50, p99, ratio) and writes JSON with --json.
 Not part of the test suite.
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.preprocess import load_image  # noqa: E402
-from service.runtime import session_options  # noqa: E402
+from service.server.runtime import session_options  # noqa: E402
 from service.store import load_model  # noqa: E402
 
 
@@ -193,7 +193,7 @@ def start_server(model: str, port: int, extra_env: dict[str, str]) -> subprocess
     env = {**os.environ, "MANYLABEL_MODEL": model, "BENTOML_DO_NOT_TRACK": "true", **extra_env}
     bentoml = str(Path(sys.executable).parent / "bentoml")
     proc = subprocess.Popen(
-        [bentoml, "serve", "service.service:ManyLabel", "--host", "127.0.0.1", "--port", str(port)],
+        [bentoml, "serve", "service.server.service:ManyLabel", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""Threshold search timing: `training.thresholds.f1_thresholds` on random scores (default 100 000 x 100).
+"""Threshold search timing: `training.threshold_search.f1_thresholds` on random scores (100 000 x 100).
 
     python benchmarks/thresholds.py [--rows 100000] [--labels 100] [--repeat 3] [--out benchmarks/results]
 
@@ -21,7 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.thresholds import f1_thresholds  # noqa: E402
+from training.threshold_search import f1_thresholds  # noqa: E402
 
 
 def random_problem(rows: int, labels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

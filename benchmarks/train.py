@@ -31,11 +31,11 @@ from service.manifest import Preprocessing  # noqa: E402
 from service.metrics import split_metrics  # noqa: E402
 from training.backbone import backbone_onnx  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.dataset import load_dataset  # noqa: E402
+from training.data.dataset import load_dataset  # noqa: E402
 from training.features import compute_features  # noqa: E402
+from training.fit import fit  # noqa: E402
 from training.head import fold_assignment  # noqa: E402
-from training.thresholds import f1_thresholds  # noqa: E402
-from training.train import fit  # noqa: E402
+from training.threshold_search import f1_thresholds  # noqa: E402
 
 
 def linear_probe(cfg: TrainConfig, folder: Path, c: float = 0.01) -> dict:

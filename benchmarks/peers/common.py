@@ -2,7 +2,7 @@
 
 The same fused ONNX model (a manylabel model folder: `manifest.json` + `best.onnx`), the same
 `service.preprocess.load_image`, the same onnxruntime session options as manylabel
-(`service.runtime.session_options`: intra-op threads = cores, spinning off), the same request
+(`service.server.runtime.session_options`: intra-op threads = cores, spinning off), the same request
 (multipart POST /predict, one file in field `images`) and an answer of the same shape.
 Runs in the peers' environment (benchmarks/requirements-peers.txt) with the repository on sys.path.
 """
@@ -23,7 +23,7 @@ import onnxruntime as ort  # noqa: E402
 
 from service.manifest import Manifest  # noqa: E402
 from service.preprocess import load_image  # noqa: E402
-from service.runtime import session_options  # noqa: E402
+from service.server.runtime import session_options  # noqa: E402
 
 
 def parse_args(description: str) -> argparse.Namespace:
