@@ -108,7 +108,6 @@ def _text(raw: str) -> str:
 
 async def answer(predictor: Predictor, options: PredictOptions, files: Sequence[InputFile]) -> Reply:
     """One predict request. Raises RequestError for a request to refuse; 503 when overloaded."""
-    predictor.check_model(options.model)
     which = options.which
     thresholds = predictor.thresholds(which, threshold=options.threshold, overrides=options.thresholds)
     try:

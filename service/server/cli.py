@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve a stored model over HTTP; MANYLABEL_* variables tune it (service/settings.py).",
     )
     s.add_argument(
-        "name", nargs="?", default=None, help="model name (default: $MANYLABEL_MODEL or manylabel-demo)"
+        "name", nargs="?", default=None, help="default model ($MANYLABEL_MODEL, else the newest stored)"
     )
     s.add_argument("--version", default=None, help="store version (default: latest)")
     s.add_argument(

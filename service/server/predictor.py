@@ -100,15 +100,10 @@ class Predictor:
 
     @classmethod
     def load(
-        cls,
-        name: str | None = None,
-        version: str | None = None,
-        settings: Settings | None = None,
-        **kwargs: Any,
+        cls, name: str, version: str | None = None, settings: Settings | None = None, **kw: Any
     ) -> Predictor:
-        settings = settings or get_settings()
-        stored = load_model(name or settings.model, version if name else (version or settings.version))
-        return cls(stored, settings, **kwargs)
+        """Open `name[:version]` (latest by default) from the model store."""
+        return cls(load_model(name, version), settings or get_settings(), **kw)
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -130,16 +125,6 @@ class Predictor:
         return resolve(
             self.manifest, which, custom=custom, threshold=threshold, overrides=overrides
         ).values.tolist()
-
-    def check_model(self, model: str | None) -> None:
-        """A request's `model` (NAME or NAME:VERSION) must be the one served; RequestError (404) else."""
-        if model is None or model in (self.stored.name, self.stored.tag):
-            return
-        raise RequestError(
-            f"model: {model[:100]!r} is not served here; this service serves {self.stored.tag!r}",
-            field="model",
-            status=404,
-        )
 
     def decode(self, file: InputFile) -> np.ndarray:
         """Bytes -> (S, S, 3) uint8, exactly as training decodes. Raises RequestError (400 / 413)."""

@@ -36,7 +36,7 @@ with bentoml.importing():
     from service.server.http.inspect import inspect_app, load_inspector
     from service.server.http.predict import PredictRoutes, Reply
     from service.server.http.uploads import Form, Limits, collect_images, is_zip, read_local_images
-    from service.server.predictor import Predictor
+    from service.server.models import Models, describe_stored
     from service.server.settings import get_settings
 
 # Under "bentoml" so the lines reach BentoML's server log handlers.
@@ -109,12 +109,26 @@ def _observe_batch(which: str, size: int, seconds: float) -> None:
 # --- GET routes -------------------------------------------------------------------------------------
 
 
-async def model_info(_: Request) -> Response:
+async def model_info(request: Request) -> Response:
+    """GET /model[?model=NAME[:VERSION]]: one model's labels, thresholds, statistics and serving."""
     service: ManyLabel = bentoml.get_current_service()
-    return JSONResponse(service.summary)
+    try:
+        served = await service.models.find(request.query_params.get("model"))
+    except RequestError as exc:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+    return JSONResponse(served.summary)
 
 
-info_app = Starlette(routes=[Route("/model", model_info, methods=["GET"])])
+async def models_list(_: Request) -> Response:
+    """GET /models: every model in the store, newest first, and whether it is open."""
+    service: ManyLabel = bentoml.get_current_service()
+    rows = await asyncio.to_thread(describe_stored, service.models.loaded())
+    return JSONResponse({"default": service.models.default_tag, "models": rows})
+
+
+info_app = Starlette(
+    routes=[Route("/model", model_info, methods=["GET"]), Route("/models", models_list, methods=["GET"])]
+)
 
 
 # --- the service ------------------------------------------------------------------------------------
@@ -152,32 +166,21 @@ class ManyLabel:
     def __init__(self) -> None:
         settings = get_settings()
         _batch_histogram(), _inference_histogram()
-        # Loads best and last, verifies the manifest and sha256s, warms both sessions up.
-        self.predictor = Predictor.load(settings=settings, on_batch=_observe_batch)
         self.limits = _limits()
-        self.summary = self.predictor.summary()
-        stored = self.predictor.stored
-        self.inspector = load_inspector(stored)  # None for a model stored without records.npz
-        if self.inspector is not None:  # one view of the custom thresholds for /predict and /thresholds
-            self.inspector.custom = self.predictor.custom
+        # Every stored model can be asked for; the default one is opened (verified, warmed up) now.
+        self.models = Models(settings, on_batch=_observe_batch, open_inspector=load_inspector)
+        self.models.open_default()
         # Start-up objects (BentoML, onnxruntime, pydantic) live forever: keep them out of GC scans.
         gc.collect()
         gc.freeze()
         self._ready = True
-        provider = self.predictor.runtime.provider
-        logger.info(
-            "manylabel serving %s on %s%s",
-            self.predictor.stored.tag,
-            provider.active,
-            f" ({provider.note})" if provider.note else "",
-        )
 
     def __is_ready__(self) -> bool:
         return self._ready
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        self.predictor.close()
+        self.models.close()
 
     # Over HTTP, PredictRoutes answers these two routes (see the module docstring); these bodies
     # serve the OpenAPI page's schema and in-process callers, through the same `answer`.
@@ -194,7 +197,9 @@ class ManyLabel:
     async def _local(self, images: list[Path], options: Callable[[], PredictOptions]) -> Response:
         try:
             files = await asyncio.to_thread(read_local_images, images, self.limits)
-            reply = await answer(self.predictor, options(), files)
+            chosen = options()
+            async with self.models.use(chosen.model) as served:
+                reply = await answer(served.predictor, chosen, files)
         except RequestError as exc:
             reply = Reply.error(exc)
         return Response(reply.read(), reply.status, dict(reply.headers), reply.media_type)
@@ -206,7 +211,8 @@ class ManyLabel:
             files = await asyncio.to_thread(collect_images, form.files, self.limits, reservation)
         else:
             files = collect_images(form.files, self.limits, reservation)
-        return await answer(self.predictor, options, files)
+        async with self.models.use(options.model) as served:
+            return await answer(served.predictor, options, files)
 
 
 async def _answer_http(form: Form, route: str, reservation: Reservation) -> Reply:

@@ -33,8 +33,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- which model ---------------------------------------------------------------------------
-    model: str = "manylabel-demo"  # model name in the BentoML model store
-    version: str | None = None  # store version; None = latest
+    model: str | None = None  # default model (NAME) of requests naming none; None: the store's newest
+    version: str | None = None  # its store version; None = latest
+    max_models: int = Field(4, ge=1)  # models kept open at once (least recently used closed first)
     # --- execution -----------------------------------------------------------------------------
     provider: Provider = "auto"  # auto: CUDA when onnxruntime offers it and it initialises, else CPU
     intra_op_threads: int | None = Field(None, ge=1)  # threads per onnxruntime call; None: CPU cores

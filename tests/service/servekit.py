@@ -35,8 +35,8 @@ SERVER_ENV = {
 }
 
 
-def build_model(folder: Path) -> None:
-    """best.onnx, last.onnx and a valid manifest.json in `folder`."""
+def build_model(folder: Path, name: str = MODEL_NAME, seed: int = 1) -> None:
+    """best.onnx, last.onnx and a valid manifest.json in `folder`; `seed` draws the heads."""
     from service.manifest import (
         Backbone,
         LabelMetrics,
@@ -48,8 +48,8 @@ def build_model(folder: Path) -> None:
     )
 
     folder.mkdir(parents=True, exist_ok=True)
-    tiny_onnx(folder / "best.onnx", seed=1, n_labels=len(LABELS), size=SIZE)
-    tiny_onnx(folder / "last.onnx", seed=2, n_labels=len(LABELS), size=SIZE)
+    tiny_onnx(folder / "best.onnx", seed=seed, n_labels=len(LABELS), size=SIZE)
+    tiny_onnx(folder / "last.onnx", seed=seed + 1, n_labels=len(LABELS), size=SIZE)
     one = LabelMetrics(support=3, precision=0.75, recall=0.5, f1=0.6, ap=0.7)
     validation = SplitMetrics(
         images=9,
@@ -62,7 +62,7 @@ def build_model(folder: Path) -> None:
         per_label={label: one for label in LABELS},
     )
     manifest = Manifest(
-        name=MODEL_NAME,
+        name=name,
         labels=LABELS,
         label_counts={"train": {label: 3 for label in LABELS}},
         backbone=Backbone(id="tiny-mean-rgb", package="tests", feature_dim=3),
@@ -110,16 +110,21 @@ class Server:
     proc: subprocess.Popen | None = None
 
 
+def save_tiny_model(root: Path, env: dict[str, str], name: str = MODEL_NAME, seed: int = 1) -> str:
+    """Build a tiny model named `name` under `root` and save it into the store of `env`; its tag."""
+    build_model(root / f"model-{name}-{seed}", name, seed)
+    save = [PYTHON, "-c", SAVE_SCRIPT, str(root / f"model-{name}-{seed}")]
+    return subprocess.run(save, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
 @contextlib.contextmanager
 def serve_tiny_model(root: Path, env: dict[str, str]) -> Iterator[Server]:
     """The tiny model saved into a BentoML store under `root` (by a subprocess, so this process's
     BentoML singletons never point at it) and served by a real `bentoml serve` with `env`."""
     home = root / "bentoml_home"
-    build_model(root / "model")
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    save = [PYTHON, "-c", SAVE_SCRIPT, str(root / "model")]
-    tag = subprocess.run(save, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    tag = save_tiny_model(root, env)
     port = free_port()
     log = root / "server.log"
     proc = start_serve(env, log, port)

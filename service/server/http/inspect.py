@@ -170,22 +170,21 @@ inspect_app = FastAPI(
 )
 
 
-def _inspector(model: str | None) -> Inspector:
-    service = bentoml.get_current_service()
-    service.predictor.check_model(model)  # the one rule of /predict: NAME or NAME:VERSION served here
-    inspector = getattr(service, "inspector", None)
-    if inspector is None:
+async def _inspector(model: str | None) -> Inspector:
+    """The inspect views of the model a request names (the default one when none), opened if needed."""
+    served = await bentoml.get_current_service().models.find(model)
+    if served.inspector is None:
         raise RequestError(
             "this model was stored without inspection records (records.npz): retrain it with a current "
             "manylabel to get statistics, curves and predictions",
             status=404,
         )
-    return inspector
+    return served.inspector
 
 
 def _query_route(route: str, model: type[InspectQuery]) -> None:
     async def answer(query: InspectQuery) -> Response:
-        inspector = _inspector(query.model)
+        inspector = await _inspector(query.model)
         return JSONResponse(await asyncio.to_thread(getattr(inspector, route), **query.arguments()))
 
     answer.__annotations__["query"] = Annotated[model, Query()]  # this route's parameters, on /docs
@@ -202,7 +201,7 @@ async def image(request: Request, split: str, name: str, query: Annotated[Inspec
     """A train or validation image's stored thumbnail (JPEG), by its name."""
     if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
         raise RequestError("name: not an image name (control characters or too long)", field="name")
-    inspector = _inspector(query.model)
+    inspector = await _inspector(query.model)
     # A name's thumbnail never changes within one model version, so the model tag is part of the ETag.
     etag = '"' + hashlib.sha256(f"{inspector.tag}\0{split}\0{name}".encode()).hexdigest()[:32] + '"'
     headers = {"Cache-Control": f"private, max-age={THUMBNAIL_MAX_AGE_S}", "ETag": etag}
@@ -240,7 +239,8 @@ async def _json_body(request: Request) -> Any:
 @_guarded
 async def saved_thresholds(query: Annotated[InspectQuery, Query()]) -> Response:
     """The saved custom thresholds and the thresholds in force, for best and last."""
-    return JSONResponse(await asyncio.to_thread(_inspector(query.model).custom_state))
+    inspector = await _inspector(query.model)
+    return JSONResponse(await asyncio.to_thread(inspector.custom_state))
 
 
 _CHANGE_BODY = {"content": {"application/json": {"schema": ThresholdChange.model_json_schema()}}}
@@ -252,7 +252,7 @@ async def change_thresholds(request: Request, query: Annotated[InspectQuery, Que
     """Save custom thresholds (the default of /predict and of the views), or reset them: with
     ``Authorization: Bearer <token>`` when the server sets MANYLABEL_API_TOKEN, else from this machine
     only (`service.server.http.guard`)."""
-    inspector = _inspector(query.model)
+    inspector = await _inspector(query.model)
     token = get_settings().api_token
     try:
         check_write(
