@@ -15,6 +15,7 @@ A label is *above* when its score >= its threshold, compared in float64 as a JSO
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
@@ -81,6 +82,19 @@ def check_values(manifest: Manifest, values: object, *, field: str = "thresholds
             )
         out[label] = check_threshold(f"{field}[{label!r}]", value)
     return out
+
+
+def parse_overrides(flag: str, text: str | None) -> dict[str, object] | None:
+    """A command line's `--thresholds '{"cat": 0.4}'` as a dict (values checked later by `resolve`)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ThresholdError(f"{flag} {text[:100]!r} is not JSON; give e.g. '{{\"cat\": 0.4}}'") from None
+    if not isinstance(value, dict):
+        raise ThresholdError(f"{flag} must be a JSON object label -> threshold, e.g. '{{\"cat\": 0.4}}'")
+    return value
 
 
 def resolve(

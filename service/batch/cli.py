@@ -9,12 +9,12 @@ transiently, and 130 interrupted: rerun the same command to resume.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 from service.batch.client import BatchError, BatchOptions, RetryPolicy, Shard, Summary, run_batch
+from service.thresholds import parse_overrides
 
 SHOWN_FAILURES = 10
 
@@ -103,16 +103,7 @@ def run_batch_cli(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> BatchOptions:
-    thresholds = None
-    if args.thresholds is not None:
-        try:
-            thresholds = json.loads(args.thresholds)
-        except ValueError:
-            raise BatchError(
-                f"--thresholds {args.thresholds!r} is not JSON; give e.g. '{{\"cat\": 0.4}}'"
-            ) from None
-        if not isinstance(thresholds, dict):
-            raise BatchError("--thresholds must be a JSON object label -> threshold")
+    thresholds = parse_overrides("--thresholds", args.thresholds)
     if args.max_retries < 0 or args.timeout <= 0:
         raise BatchError("--max-retries must be >= 0 and --timeout > 0")
     return BatchOptions(

@@ -65,10 +65,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from service.server.http.uploads import Limits, read_local_images
     from service.server.predictor import Predictor
     from service.server.settings import Settings
+    from service.thresholds import parse_overrides
 
     if args.output == "-" and args.format == "zip":
         raise ManylabelError("--output - (stdout) is for json and csv; give a file name for a zip")
-    overrides = _json_object("--thresholds", args.thresholds)
+    overrides = parse_overrides("--thresholds", args.thresholds)
     env = {k: v for k, v in os.environ.items() if k.startswith("MANYLABEL_")}
     if args.provider:
         env["MANYLABEL_PROVIDER"] = args.provider
@@ -94,18 +95,6 @@ def run_predict(args: argparse.Namespace) -> int:
                 out.write(chunk)
         print(f"{len(files)} images -> {args.output} ({args.format})")
     return 0
-
-
-def _json_object(flag: str, text: str | None) -> dict | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ManylabelError(f"{flag} {text[:100]!r} is not JSON; give e.g. '{{\"cat\": 0.4}}'") from None
-    if not isinstance(value, dict):
-        raise ManylabelError(f"{flag} must be a JSON object label -> threshold")
-    return value
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""onnxruntime sessions for a stored model, an adaptive batcher in front of them, and thresholds.
+"""onnxruntime sessions for a stored model: provider choice (CUDA when it really works), I/O checks.
 
 Provider choice: CUDA when onnxruntime offers it *and* it initialises. onnxruntime-gpu offers
 CUDAExecutionProvider even where the CUDA/cuDNN libraries are missing and then quietly runs on the

@@ -1,4 +1,4 @@
-"""Reading uploads safely: multipart bodies, zips of images, form options, local files for the CLI.
+"""Reading uploads safely: the parsed form, zips of images within budgets, local files for the CLI.
 
 BentoML 1.4.39 answers 500 to a malformed multipart body, to one without a boundary and to a file
 name over ~250 characters (it becomes a temp-file suffix), loses the original file names and
