@@ -2,9 +2,10 @@
 
 Each application registers its own subcommands: the server (`predict`, `serve`), the inspection
 tools (`stats`, `predictions`, `thresholds`, `report`), the batch client (`batch`) and, when the
-`train` extra is installed, training (`train`, `demo`). Heavy imports (torch, bentoml, onnxruntime)
-happen inside the subcommands, so `manylabel --help` is instant and a serving-only install has every
-command but training's, which then says how to get it.
+`train` extra is installed, training (`train`, `demo`) and the studio (`studio`, whose jobs run
+`train`). Heavy imports (torch, bentoml, onnxruntime) happen inside the subcommands, so `manylabel
+--help` is instant and a serving-only install has every command but training's and the studio's,
+which then say how to get them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ TRAIN_HINT = "training needs the train extra: pip install 'manylabel[train]'"
 TRAINING_COMMANDS = {
     "train": "train best/last models from images + labels CSV",
     "demo": "train on the bundled sample and predict",
+    "studio": "serve every stored model, datasets and training jobs on this machine (train from the page)",
+    "quantize": "add calibrated int8 variants to a stored model (a new version)",
 }
 
 
@@ -35,9 +38,11 @@ def _register_training(sub: argparse._SubParsersAction) -> None:
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(func=_training_missing)
         return
+    from service.studio import cli as studio_cli  # the studio's jobs run `manylabel train`
     from training import cli as training_cli  # imports no torch until a command runs
 
     training_cli.register(sub)
+    studio_cli.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not _training_missing:  # the stubs take any flags, to give the hint
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )

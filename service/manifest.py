@@ -22,6 +22,9 @@ MANIFEST_FILE = "manifest.json"
 WHICH_MODELS = ("best", "last")
 Which = Literal["best", "last"]
 Split = Literal["train", "validation"]
+# fp32 is ModelEntry.file, the exported graph; int8 is an optional calibrated copy (ModelEntry.variants).
+Precision = Literal["fp32", "int8"]
+PRECISIONS = ("fp32", "int8")
 
 
 class _Strict(BaseModel):
@@ -87,10 +90,42 @@ class SplitMetrics(_Strict):
     per_label: dict[str, LabelMetrics]
 
 
+class VariantCheck(_Strict):
+    """A quantized variant against its fp32 original on the same validation images and thresholds."""
+
+    images: int = Field(ge=0)
+    map_fp32: float | None
+    map: float | None  # the variant's
+    micro_f1_fp32: float
+    micro_f1: float
+    max_score_diff: float  # largest |variant - fp32| over every image and label
+    mean_score_diff: float
+
+
+class Variant(_Strict):
+    """A lower-precision copy of a model (int8): kept and listed in `files`, or dropped with a reason.
+
+    A dropped variant keeps its numbers, so the manifest says why the service runs fp32 only.
+    """
+
+    file: str | None = None  # None when not kept (the file is not saved)
+    kept: bool
+    reason: str | None = None  # why it was not kept
+    method: str = ""  # how it was made, e.g. "static QDQ, per-channel int8 weights, uint8 activations"
+    calibration_images: int = Field(0, ge=0)
+    validation: VariantCheck | None = None
+
+    @model_validator(mode="after")
+    def _file_when_kept(self) -> Variant:
+        if self.kept != (self.file is not None):
+            raise ValueError("a kept variant names its file; a dropped one has none (file: null)")
+        return self
+
+
 class ModelEntry(_Strict):
     """One exported model (best or last) with its thresholds and statistics."""
 
-    file: str
+    file: str  # the fp32 graph
     epoch: int = Field(ge=0)
     val_loss: float | None
     thresholds: list[float]  # aligned with Manifest.labels
@@ -98,6 +133,22 @@ class ModelEntry(_Strict):
     threshold_fallbacks: dict[str, str] = {}  # label -> why it got the fallback value
     profiles: dict[str, list[float]] = {}  # e.g. high_precision / high_recall, aligned with labels
     metrics: dict[str, SplitMetrics] = {}  # split -> statistics at `thresholds`
+    # Quantized copies, same thresholds. Absent in manifests written before int8: fp32 only.
+    variants: dict[Literal["int8"], Variant] = {}
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions this model can run at: fp32, then every kept variant."""
+        return ["fp32", *(p for p in PRECISIONS if p in self.variants and self.variants[p].kept)]
+
+    def file_for(self, precision: str) -> str:
+        """The graph of `precision`; KeyError when the model has no kept variant of it."""
+        if precision == "fp32":
+            return self.file
+        variant = self.variants.get(precision)  # type: ignore[call-overload]
+        if variant is None or variant.file is None:
+            raise KeyError(precision)
+        return variant.file
 
 
 class Manifest(_Strict):
@@ -171,6 +222,11 @@ class Manifest(_Strict):
         for which, entry in self.models.items():
             if entry.file not in listed:
                 raise ManifestError(f"models.{which}.file {entry.file!r} is not in files")
+            for precision, variant in entry.variants.items():
+                if variant.file is not None and variant.file not in listed:
+                    raise ManifestError(
+                        f"models.{which}.variants.{precision}.file {variant.file!r} is not in files"
+                    )
         for entry in self.files:
             path = Path(directory) / entry.path
             if not path.is_file():

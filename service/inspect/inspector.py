@@ -20,6 +20,9 @@ from service.manifest import WHICH_MODELS, Manifest, SplitMetrics
 from service.thresholds import Thresholds, check_choice, resolve
 
 UPDATE_FIELDS = ("which", "set", "all", "reset")
+# records.npz holds the scores training computed, in fp32: an int8 variant's are not among them
+# (its validation numbers against fp32 are in GET /model's models.<which>.variants).
+RECORDS_PRECISION = "fp32"
 
 
 class Inspector:
@@ -55,6 +58,7 @@ class Inspector:
         return {
             "model": self.tag,
             "which": which,
+            "precision": RECORDS_PRECISION,
             "profile": t.profile,
             "overridden": list(t.overridden),
             "thresholds": dict(zip(self.manifest.labels, t.values.tolist(), strict=True)),
@@ -102,7 +106,8 @@ class Inspector:
             {w: t.values for w, t in ts.items()},
             limit=limit,
         )
-        return {"model": self.tag, "profile": {w: t.profile for w, t in ts.items()}, **d}
+        profiles = {w: t.profile for w, t in ts.items()}
+        return {"model": self.tag, "precision": RECORDS_PRECISION, "profile": profiles, **d}
 
     def pairs(self, which: str = "best", split: str = "validation", *, top: int = 10, **th: Any) -> dict:
         t = self.thresholds(which, **th)
@@ -116,7 +121,8 @@ class Inspector:
         self, which: str = "best", split: str | None = None, *, limit: int = 50, min_gap: float = 0.5
     ) -> dict:
         items = mislabel_candidates(self.records, which, split=split, limit=limit, min_gap=min_gap)
-        return {"model": self.tag, "which": which, "split": split, "min_gap": min_gap, "items": items}
+        head = {"model": self.tag, "which": which, "precision": RECORDS_PRECISION}
+        return {**head, "split": split, "min_gap": min_gap, "items": items}
 
     def image(self, split: str, name: str) -> bytes:
         """JPEG bytes of a train/validation image's thumbnail (RequestError 404 when unknown)."""

@@ -37,6 +37,9 @@ class PredictOptions(BaseModel):
         None, max_length=300, description="stored model NAME or NAME:VERSION (default: the one served)"
     )
     which: Literal["best", "last"] = Field("best", description="best (lowest validation loss) or last")
+    precision: Literal["fp32", "int8"] | None = Field(
+        None, description="fp32 or int8 graph (default: the served model's, see GET /model precision)"
+    )
     # Values in [0, 1] are checked by `service.thresholds`, the one rule, with its messages.
     threshold: float | None = Field(None, strict=True, description="one threshold in [0, 1] for every label")
     thresholds: dict[str, Any] | None = Field(
@@ -111,7 +114,9 @@ async def answer(predictor: Predictor, options: PredictOptions, files: Sequence[
     which = options.which
     thresholds = predictor.thresholds(which, threshold=options.threshold, overrides=options.thresholds)
     try:
-        result = await predictor.predict_async(files, which=options.which, thresholds=thresholds)
+        result = await predictor.predict_async(
+            files, which=options.which, thresholds=thresholds, precision=options.precision
+        )
     except OverloadedError as exc:
         return Reply.json(503, {"error": str(exc), "field": None}, headers=(("Retry-After", "1"),))
     body = result.to_dict()

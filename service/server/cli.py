@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("json", "csv", "zip"), default="json")
     p.add_argument("--output", required=True, help="output file, or - for stdout (json and csv)")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None, help="onnxruntime provider")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "int8"),
+        default=None,
+        help="graph to score with (auto: int8 on CPU when the model has a kept int8 variant, else fp32)",
+    )
     p.set_defaults(func=run_predict)
 
     s = subparsers.add_parser(
@@ -51,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--port", type=int, default=3000)
     s.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None)
+    s.add_argument("--precision", choices=("auto", "fp32", "int8"), default=None, help="MANYLABEL_PRECISION")
     s.add_argument("--max-batch-size", type=int, default=None, help="images per onnxruntime call")
     s.add_argument("--max-latency-ms", type=float, default=None, help="longest wait for batch-mates")
     s.set_defaults(func=run_serve)
@@ -73,6 +80,8 @@ def run_predict(args: argparse.Namespace) -> int:
     env = {k: v for k, v in os.environ.items() if k.startswith("MANYLABEL_")}
     if args.provider:
         env["MANYLABEL_PROVIDER"] = args.provider
+    if args.precision:  # only that precision's sessions are opened
+        env["MANYLABEL_PRECISION"] = args.precision
     # A local run writes the bundle to a file as it is made: no size cap, as no request waits on it.
     settings = Settings.from_env(env).model_copy(update={"max_bundle_bytes": 1 << 62})
     options = BundleOptions.checked(
@@ -103,6 +112,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "MANYLABEL_MODEL": args.name,
         "MANYLABEL_VERSION": args.version,
         "MANYLABEL_PROVIDER": args.provider,
+        "MANYLABEL_PRECISION": args.precision,
         "MANYLABEL_MAX_BATCH_SIZE": args.max_batch_size,
         "MANYLABEL_MAX_LATENCY_MS": args.max_latency_ms,
     }.items():

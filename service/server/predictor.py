@@ -49,6 +49,7 @@ class Predictions:
     model: str
     version: str
     which: str
+    precision: str  # the graph that scored: fp32 or int8
     labels: list[str]
     images: list[ImagePrediction]
 
@@ -58,6 +59,7 @@ class Predictions:
             "model": self.model,
             "version": self.version,
             "which": self.which,
+            "precision": self.precision,
             "labels": self.labels,
             "count": len(self.images),
             "images": [image.__dict__ for image in self.images],  # flat already: no deep asdict copy
@@ -82,17 +84,17 @@ class Predictor:
         self.runtime.warm_up()
         self.tuning = self.runtime.tuning
         self._decode_pool = ThreadPoolExecutor(self.tuning.decode_threads, thread_name_prefix="decode")
-        self._batchers = {
-            which: Batcher(
-                lambda batch, which=which: self.runtime.run(which, batch),
+        self._batchers = {  # one per (which, precision) served
+            (which, precision): Batcher(
+                lambda batch, which=which, precision=precision: self.runtime.run(which, batch, precision),
                 workers=self.tuning.inference_workers,
                 max_batch_size=self.tuning.max_batch_size,
                 max_latency_ms=self.tuning.max_latency_ms,
                 max_queue=self.settings.max_queue,
                 on_batch=(lambda n, s, which=which: on_batch(which, n, s)) if on_batch else None,
-                name=f"infer-{which}",
+                name=f"infer-{which}-{precision}",
             )
-            for which in WHICH_MODELS
+            for which, precision in self.runtime.sessions
         }
         # Images of one request in flight at once: enough to keep every thread busy, few enough
         # that a 1000-image zip neither holds 1000 decoded arrays nor fills the queue alone.
@@ -146,20 +148,28 @@ class Predictor:
     # --- prediction -----------------------------------------------------------------------------
 
     async def predict_async(
-        self, files: Sequence[InputFile], *, which: str = "best", thresholds: Sequence[float] | None = None
+        self,
+        files: Sequence[InputFile],
+        *,
+        which: str = "best",
+        thresholds: Sequence[float] | None = None,
+        precision: str | None = None,
     ) -> Predictions:
         """For the service: decode off the event loop, share inference calls with other requests.
 
         The event loop only starts the request and is woken once, when every image is scored.
+        `precision` None: the model's default (`GET /model`'s precision.default).
         """
         thresholds = self._check(which, thresholds)
+        precision = self.runtime.precision(which, precision)  # RequestError when not served
         if not files:
-            return self._predictions(files, np.zeros((0, len(self.labels)), np.float32), which, thresholds)
+            empty = np.zeros((0, len(self.labels)), np.float32)
+            return self._predictions(files, empty, which, thresholds, precision)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[np.ndarray]] = loop.create_future()
-        _Request(self, files, self._batchers[which], loop, future, self._window).start()
+        _Request(self, files, self._batchers[(which, precision)], loop, future, self._window).start()
         rows = await future
-        return self._predictions(files, np.stack(rows), which, thresholds)
+        return self._predictions(files, np.stack(rows), which, thresholds, precision)
 
     def _check(self, which: str, thresholds: Sequence[float] | None) -> list[float]:
         check_which(which)
@@ -170,7 +180,12 @@ class Predictor:
         return list(thresholds)
 
     def _predictions(
-        self, files: Sequence[InputFile], scores: np.ndarray, which: str, thresholds: list[float]
+        self,
+        files: Sequence[InputFile],
+        scores: np.ndarray,
+        which: str,
+        thresholds: list[float],
+        precision: str,
     ) -> Predictions:
         above = apply_thresholds(scores, thresholds).tolist()
         used = dict(zip(self.labels, thresholds, strict=True))
@@ -189,6 +204,7 @@ class Predictor:
             model=self.stored.name,
             version=self.stored.version,
             which=which,
+            precision=precision,
             labels=self.labels,
             images=images,
         )
@@ -210,6 +226,8 @@ class Predictor:
                 "threshold_fallbacks": entry.threshold_fallbacks,
                 "profiles": {k: dict(zip(m.labels, v, strict=True)) for k, v in entry.profiles.items()},
                 "metrics": {split: s.model_dump(mode="json") for split, s in entry.metrics.items()},
+                "precisions": list(self.runtime.precisions[which]),  # served; the first is the default
+                "variants": {p: v.model_dump(mode="json") for p, v in entry.variants.items()},
             }
         report = self.runtime.provider
         return {
@@ -223,6 +241,7 @@ class Predictor:
             "preprocessing": m.preprocessing.model_dump(mode="json"),
             "models": models,
             "provider": {"requested": report.requested, "active": report.active, "note": report.note},
+            "precision": self.runtime.precision_summary(),
             "serving": {
                 **asdict(self.tuning),
                 "max_queue": self.settings.max_queue,

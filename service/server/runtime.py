@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import ManifestError
-from service.manifest import WHICH_MODELS, Manifest
+from service.errors import ManifestError, RequestError
+from service.manifest import WHICH_MODELS, Manifest, ModelEntry
 from service.server.settings import Settings, Tuning
 
 logger = logging.getLogger(__name__)
@@ -87,34 +87,110 @@ def open_session(
     return session, ProviderReport(requested=provider, active=active, note=note)
 
 
+def served_precisions(setting: str, entry: ModelEntry, *, gpu: bool) -> tuple[tuple[str, ...], str | None]:
+    """The precisions one model (best or last) is served at, its default first, and a note on why
+    that differs from what `setting` (MANYLABEL_PRECISION) asks for, when it does.
+
+    auto: int8 and fp32 on CPU when the model has a kept int8 variant (int8 the default), else fp32;
+    fp32 on a GPU. fp32: fp32 only. int8: int8 only, or fp32 for a model without a kept int8 variant.
+    """
+    missing = no_int8(entry)
+    if setting == "fp32":
+        return ("fp32",), None
+    if setting == "int8" and missing:
+        return ("fp32",), f"MANYLABEL_PRECISION=int8 but {missing}: serving fp32"
+    if setting == "int8":
+        return ("int8",), None
+    if missing:
+        return ("fp32",), missing if entry.variants else None  # a pre-int8 model: nothing to say
+    if gpu:
+        return ("fp32",), "auto serves fp32 on CUDA: int8 and fp16 are not measured on a GPU (int8: set it)"
+    return ("int8", "fp32"), None
+
+
+def no_int8(entry: ModelEntry) -> str | None:
+    """Why the model has no int8 graph to serve; None when it has one."""
+    int8 = entry.variants.get("int8")
+    if int8 is None:
+        return "the model has no int8 variant; `manylabel quantize` makes one for a model trained before int8"
+    return None if int8.kept else f"its int8 variant was not kept: {int8.reason}"
+
+
 class ModelRuntime:
-    """The best and last sessions of one model, checked against its manifest."""
+    """The sessions of one model, best and last at each precision served, checked against its manifest.
+
+    Only the precisions a request can ask for are opened (`served_precisions`): at most four sessions
+    (best and last, int8 and fp32), ~4x Lite0's weights and arenas, well inside a 3 GiB replica.
+    """
 
     def __init__(self, model_dir: Path, manifest: Manifest, settings: Settings) -> None:
         self.manifest = manifest
         self.input_name = manifest.preprocessing.input_name
         self.output_name = manifest.output_name
-        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.requested_precision = settings.precision
+        self.sessions: dict[tuple[str, str], ort.InferenceSession] = {}
         intra = settings.tuning(gpu=False).intra_op_threads  # does not depend on the provider
-        report: ProviderReport | None = None
-        for which in WHICH_MODELS:
-            path = Path(model_dir) / manifest.models[which].file
-            # The second session reuses the first one's outcome: no second CUDA probe.
-            provider = settings.provider if report is None else ("cuda" if report.gpu else "cpu")
-            session, opened = open_session(path, provider=provider, intra_op_threads=intra)
-            report = report or opened
-            self._check_io(which, session)
-            self.sessions[which] = session
-        assert report is not None
+        # The first session probes the provider; it is one that every outcome serves (fp32, or int8
+        # when pinned and present), so the probe is never an extra session.
+        best = manifest.models["best"]
+        probe = "int8" if settings.precision == "int8" and "int8" in best.precisions else "fp32"
+        session, report = open_session(
+            Path(model_dir) / best.file_for(probe), provider=settings.provider, intra_op_threads=intra
+        )
         self.provider = report
+        self.precisions: dict[str, tuple[str, ...]] = {}
+        self.precision_notes: dict[str, str] = {}
+        for which in WHICH_MODELS:
+            entry = manifest.models[which]
+            served, note = served_precisions(settings.precision, entry, gpu=report.gpu)
+            self.precisions[which] = served
+            if note:
+                self.precision_notes[which] = note
+            for precision in served:
+                if (which, precision) == ("best", probe):
+                    opened = session
+                else:  # the probe's outcome: no second CUDA probe
+                    path = Path(model_dir) / entry.file_for(precision)
+                    provider = "cuda" if report.gpu else "cpu"
+                    opened, _ = open_session(path, provider=provider, intra_op_threads=intra)
+                self._check_io(f"{which} {precision}", opened)
+                self.sessions[(which, precision)] = opened
         self.tuning: Tuning = settings.tuning(gpu=report.gpu)
         logger.info(
-            "model %s: onnxruntime provider %s (requested %s)%s",
+            "model %s: onnxruntime provider %s (requested %s)%s; precisions %s%s",
             manifest.name,
             report.active,
             report.requested,
             f": {report.note}" if report.note else "",
+            self.precisions,
+            f" ({'; '.join(self.precision_notes.values())})" if self.precision_notes else "",
         )
+
+    def precision(self, which: str, asked: str | None = None) -> str:
+        """The precision a request runs at: `asked`, else the model's default. RequestError (400,
+        field precision) naming why when `asked` is not served."""
+        served = self.precisions[which]
+        if asked is None or asked in served:
+            return asked or served[0]
+        if asked == "int8" and (missing := no_int8(self.manifest.models[which])):
+            why = missing
+        elif self.requested_precision != "auto":
+            why = f"this service runs MANYLABEL_PRECISION={self.requested_precision}"
+        else:
+            why = self.precision_notes.get(which, "not opened")
+        raise RequestError(
+            f"precision: {asked!r} is not served for the {which} model of {self.manifest.name} ({why}); "
+            f"served: {', '.join(served)}",
+            field="precision",
+        )
+
+    def precision_summary(self) -> dict:
+        """GET /model's `precision`: the setting, each model's default, and why, where it differs."""
+        return {
+            "requested": self.requested_precision,
+            "default": {which: served[0] for which, served in self.precisions.items()},
+            "notes": self.precision_notes,
+        }
 
     def _check_io(self, which: str, session: ort.InferenceSession) -> None:
         inputs = {i.name: i for i in session.get_inputs()}
@@ -125,19 +201,20 @@ class ModelRuntime:
                 f"expects input {self.input_name!r} and output {self.output_name!r}: re-export the model"
             )
 
-    def run(self, which: str, batch: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, L) float32 scores."""
-        (scores,) = self.sessions[which].run([self.output_name], {self.input_name: batch})
+    def run(self, which: str, batch: np.ndarray, precision: str | None = None) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, L) float32 scores, at `precision` (default: the model's)."""
+        session = self.sessions[(which, precision or self.precisions[which][0])]
+        (scores,) = session.run([self.output_name], {self.input_name: batch})
         return scores
 
     def warm_up(self) -> None:
         """One inference per session, checking the output shape against the labels."""
         size = self.manifest.preprocessing.image_size
         blank = np.zeros((1, size, size, 3), dtype=np.uint8)
-        for which in WHICH_MODELS:
-            scores = self.run(which, blank)
+        for which, precision in self.sessions:
+            scores = self.run(which, blank, precision)
             if scores.shape != (1, len(self.manifest.labels)):
                 raise ManifestError(
-                    f"{which} model returns scores of shape {scores.shape} for one image; the manifest "
-                    f"has {len(self.manifest.labels)} labels: model and manifest do not belong together"
+                    f"{which} model ({precision}) returns scores of shape {scores.shape} for one image; the "
+                    f"manifest has {len(self.manifest.labels)} labels: model and manifest do not match"
                 )

@@ -38,6 +38,7 @@ with bentoml.importing():
     from service.server.http.uploads import Form, Limits, collect_images, is_zip, read_local_images
     from service.server.models import Models, describe_stored
     from service.server.settings import get_settings
+    from service.server.timeouts import install as install_timeout_fix
 
 # Under "bentoml" so the lines reach BentoML's server log handlers.
 logger = logging.getLogger("bentoml.manylabel")
@@ -71,6 +72,7 @@ class PredictAnswer(BaseModel):
     model: str
     version: str
     which: Literal["best", "last"]
+    precision: Literal["fp32", "int8"]
     labels: list[str]
     count: int
     images: list[ImageAnswer]
@@ -221,3 +223,4 @@ async def _answer_http(form: Form, route: str, reservation: Reservation) -> Repl
 
 
 ManyLabel.add_asgi_middleware(PredictRoutes, paths=PREDICT_ROUTES, limits=_limits, handler=_answer_http)
+install_timeout_fix()  # BentoML's request timers: cancelled when the request ends

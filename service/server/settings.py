@@ -23,6 +23,7 @@ from service.errors import first_error
 
 ENV_PREFIX = "MANYLABEL_"
 Provider = Literal["auto", "cpu", "cuda"]
+PrecisionSetting = Literal["auto", "fp32", "int8"]
 
 
 class SettingsError(ValueError):
@@ -38,6 +39,9 @@ class Settings(BaseModel):
     max_models: int = Field(4, ge=1)  # models kept open at once (least recently used closed first)
     # --- execution -----------------------------------------------------------------------------
     provider: Provider = "auto"  # auto: CUDA when onnxruntime offers it and it initialises, else CPU
+    # auto: int8 on CPU where the model has a kept int8 variant (fp32 also served, per request), fp32
+    # on CUDA (int8 and fp16 are unmeasured on a GPU); fp32 / int8: that precision only.
+    precision: PrecisionSetting = "auto"
     intra_op_threads: int | None = Field(None, ge=1)  # threads per onnxruntime call; None: CPU cores
     inference_workers: int | None = Field(None, ge=1)  # concurrent onnxruntime calls; None: 1
     decode_threads: int | None = Field(None, ge=1)  # image decode threads; None: CPU cores

@@ -21,7 +21,7 @@ from service.cli import build_parser
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S_VERSION = "1.32.0"  # the kubectl client's minor version; schemas ship with kubernetes-validate
-TARGETS = ("overlays/cpu", "overlays/gpu", "batch")
+TARGETS = ("overlays/cpu", "overlays/gpu", "overlays/studio", "batch")
 BENTO_UID = 1034  # the user BentoML 1.4.39's Dockerfile creates and switches to
 
 
@@ -124,7 +124,9 @@ def test_pods_run_non_root_on_a_read_only_root_filesystem(target: str) -> None:
         mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
         assert "emptyDir" in mounts["/tmp"]
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
-        if kind == "Deployment":
+        if kind == "Deployment" and target == "overlays/studio":
+            assert "persistentVolumeClaim" in mounts[env["BENTOML_HOME"]]  # the models its jobs save
+        elif kind == "Deployment":
             assert "emptyDir" in mounts[env["BENTOML_HOME"]]  # prometheus multiprocess files, tmp
 
 
@@ -193,3 +195,26 @@ def test_batch_job_shards_its_input_and_runs_the_batch_cli() -> None:
     assert str(parsed.images) in mounts and str(parsed.output.parent) in mounts
     rules = job["podFailurePolicy"]["rules"]
     assert any(r["action"] == "FailIndex" and 1 in r["onExitCodes"]["values"] for r in rules)
+
+
+def test_studio_is_one_replica_with_its_state_on_a_claim_and_its_token_from_a_secret() -> None:
+    docs = render("overlays/studio")
+    kinds = {d["kind"] for d in docs}
+    assert kinds == {"ConfigMap", "Deployment", "Service", "NetworkPolicy", "PersistentVolumeClaim"}
+    deployment = one(docs, "Deployment")["spec"]
+    assert deployment["replicas"] == 1
+    assert deployment["strategy"] == {"type": "Recreate"}, "one studio per claim: the old pod goes first"
+    volumes = {v["name"]: v for v in deployment["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container(docs)["volumeMounts"]}
+    env = {e["name"]: e for e in container(docs)["env"]}
+    home = env["BENTOML_HOME"]["value"]
+    claim = one(docs, "PersistentVolumeClaim")
+    assert mounts[home]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert config(docs)["MANYLABEL_DATA"].startswith(home + "/"), "datasets and jobs on the claim too"
+    assert config(docs)["MANYLABEL_MODEL"] == "", "the store's newest: a new studio has no model yet"
+    token = env["MANYLABEL_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "manylabel-studio", "key": "token"}
+    assert container(docs)["image"].endswith(":studio")
+    studio_memory = container(docs)["resources"]["limits"]["memory"]
+    assert studio_memory != container(render("overlays/cpu"))["resources"]["limits"]["memory"], "training"

@@ -35,8 +35,10 @@ SERVER_ENV = {
 }
 
 
-def build_model(folder: Path, name: str = MODEL_NAME, seed: int = 1) -> None:
-    """best.onnx, last.onnx and a valid manifest.json in `folder`; `seed` draws the heads."""
+def build_model(folder: Path, name: str = MODEL_NAME, seed: int = 1, *, int8: bool = False) -> None:
+    """best.onnx, last.onnx and a valid manifest.json in `folder`; `seed` draws the heads. `int8`:
+    also real int8 variants (training.quantize on 12 test images, always kept: a tiny model's
+    validation numbers mean nothing), as `manylabel train` makes them."""
     from service.manifest import (
         Backbone,
         LabelMetrics,
@@ -81,6 +83,12 @@ def build_model(folder: Path, name: str = MODEL_NAME, seed: int = 1) -> None:
         files=[file_entry(folder, "best.onnx"), file_entry(folder, "last.onnx")],
     )
     manifest.write(folder)
+    if int8:
+        from training.quantize import add_int8_variants
+
+        images = [image_bytes(100 + i) for i in range(12)]
+        truth = np.random.default_rng(seed).integers(0, 2, (len(images), len(LABELS)))
+        add_int8_variants(folder, manifest, images, images, truth, tolerance=1.0, say=lambda _: None)
 
 
 def image_bytes(
@@ -110,21 +118,24 @@ class Server:
     proc: subprocess.Popen | None = None
 
 
-def save_tiny_model(root: Path, env: dict[str, str], name: str = MODEL_NAME, seed: int = 1) -> str:
+def save_tiny_model(
+    root: Path, env: dict[str, str], name: str = MODEL_NAME, seed: int = 1, *, int8: bool = False
+) -> str:
     """Build a tiny model named `name` under `root` and save it into the store of `env`; its tag."""
-    build_model(root / f"model-{name}-{seed}", name, seed)
+    build_model(root / f"model-{name}-{seed}", name, seed, int8=int8)
     save = [PYTHON, "-c", SAVE_SCRIPT, str(root / f"model-{name}-{seed}")]
     return subprocess.run(save, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @contextlib.contextmanager
-def serve_tiny_model(root: Path, env: dict[str, str]) -> Iterator[Server]:
-    """The tiny model saved into a BentoML store under `root` (by a subprocess, so this process's
-    BentoML singletons never point at it) and served by a real `bentoml serve` with `env`."""
+def serve_tiny_model(root: Path, env: dict[str, str], *, int8: bool = False) -> Iterator[Server]:
+    """The tiny model (with int8 variants when `int8`) saved into a BentoML store under `root` (by a
+    subprocess, so this process's BentoML singletons never point at it) and served by a real
+    `bentoml serve` with `env`."""
     home = root / "bentoml_home"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    tag = save_tiny_model(root, env)
+    tag = save_tiny_model(root, env, int8=int8)
     port = free_port()
     log = root / "server.log"
     proc = start_serve(env, log, port)

@@ -14,6 +14,7 @@ import json
 import os
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,8 +37,9 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
+@contextmanager
+def chromium() -> Iterator:
+    """Headless Chromium through Playwright; fails (never skips) when either is missing."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -46,12 +48,16 @@ def browser() -> Iterator:
         pytest.fail(f"the page tests need Chromium at {CHROMIUM}: apt-get install -y chromium")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
-@pytest.fixture
-def page(browser, server: Server) -> Iterator:
+@contextmanager
+def open_page(browser, url: str, *, requests: list[str] | None = None) -> Iterator:
+    """The page at `url`, wired (body[data-ready]); the URLs it asks for go to `requests`, and any
+    JavaScript error fails the test when the page closes."""
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)
@@ -60,11 +66,27 @@ def page(browser, server: Server) -> Iterator:
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{server.url}/ui")
+    if requests is not None:
+        page.on("request", lambda request: requests.append(request.url))
+    page.goto(url)
     page.wait_for_selector("body[data-ready=true]")
-    yield page
-    context.close()
+    try:
+        yield page
+    finally:
+        context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser, server: Server) -> Iterator:
+    with open_page(browser, f"{server.url}/ui") as page:
+        yield page
 
 
 def _expect():
@@ -82,6 +104,7 @@ def _api(server: Server, path: str, **params) -> dict:
 def _click_curve_point(page, point: dict) -> None:
     """Click where the page draws `point` (recall, precision) of the curve."""
     at = page.evaluate("async (p) => (await import('/ui/chart.js')).position(p)", point)
+    page.locator("#curve-chart").scroll_into_view_if_needed()  # the mouse clicks in the viewport only
     box = page.locator("#curve-chart").bounding_box()
     page.mouse.click(box["x"] + at["x"] * box["width"], box["y"] + at["y"] * box["height"])
 
@@ -295,3 +318,49 @@ def test_api_errors_show_as_readable_messages(page) -> None:
     page.fill("#upload-one", "1.5")
     page.click("#predict-btn")
     expect(page.locator("#messages .message.error").last).to_contain_text("not a number in [0, 1]")
+
+
+# --- the page's pure helpers, run in the browser ----------------------------------------------------
+
+HELPERS = """async () => {
+  const csv = await import('/ui/csv.js');
+  const files = await import('/ui/files.js');
+  const jobs = await import('/ui/jobs.js');
+  const train = await import('/ui/train.js');
+  const app = await import('/ui/app.js');
+  const table = (text) => Object.fromEntries(csv.labelsOf(csv.parseCsv(text)));
+  const file = (name, size = 1) => new File([new Uint8Array(size)], name);
+  const given = (paths) => files.named(paths.map((p) => file(p.split('/').pop())), paths).map((g) => g.name);
+  return {
+    quoted: csv.parseCsv('\\uFEFFa.jpg,"x, y",z\\r\\n\\r\\n"b ""q"".jpg",w\\n'),
+    lists: table('filename,labels\\na.jpg,cat,dog\\nb.jpg\\na.jpg,bird\\n'),
+    oneHot: table('file,cat,dog\\na.jpg,1,0\\nb.jpg,,1\\n'),
+    trailing: csv.labelsFor(new Map([['a.jpg', ['cat']]]), 'images/a.jpg'),
+    folder: given(['photos/a.jpg', 'photos/sub/b.jpg']),
+    twoFolders: given(['one/a.jpg', 'two/b.jpg']),
+    groups: files.chunk([file('a.jpg', 5), file('b.jpg', 5), file('c.zip'), file('d.jpg', 5)], 2, 8)
+      .map((g) => g.map((f) => f.name)),
+    durations: [0.4, 75, 4000].map(jobs.duration),
+    names: ['Kitchen Photos!', '--', 'a.b_c'].map(train.modelName),
+    routes: ['', '#datasets/3', '#models/tiny%3Av1', '#nope'].map(app.route),
+  };
+}"""
+
+
+def test_the_page_helpers(page) -> None:
+    got = page.evaluate(HELPERS)
+    assert got["quoted"] == [["a.jpg", "x, y", "z"], ['b "q".jpg', "w"]]
+    assert got["lists"] == {"a.jpg": ["cat", "dog", "bird"], "b.jpg": []}
+    assert got["oneHot"] == {"a.jpg": ["cat"], "b.jpg": ["dog"]}
+    assert got["trailing"] == ["cat"]
+    assert got["folder"] == ["a.jpg", "sub/b.jpg"]  # the picked folder is the images' root
+    assert got["twoFolders"] == ["one/a.jpg", "two/b.jpg"]
+    assert got["groups"] == [["a.jpg"], ["b.jpg"], ["c.zip"], ["d.jpg"]]
+    assert got["durations"] == ["under 1 s", "1 min 15 s", "1 h 7 min"]
+    assert got["names"] == ["kitchen-photos", "model", "a.b_c"]
+    assert got["routes"] == [
+        {"view": "models", "arg": None},
+        {"view": "datasets", "arg": "3"},
+        {"view": "models", "arg": "tiny:v1"},
+        {"view": "models", "arg": None},
+    ]

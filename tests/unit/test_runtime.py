@@ -10,8 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.errors import RequestError
+from service.manifest import Backbone, Manifest, ModelEntry, Preprocessing, Variant, file_entry
 from service.server.batcher import Batcher, OverloadedError
-from service.server.runtime import CPU, CUDA, open_session
+from service.server.runtime import CPU, CUDA, ModelRuntime, ProviderReport, open_session, served_precisions
 from service.server.settings import Settings, SettingsError
 from service.thresholds import apply_thresholds
 
@@ -215,3 +217,131 @@ def test_settings_from_env() -> None:
 def test_bad_settings_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"{key}='{value}'"):
         Settings.from_env({key: value})
+
+
+# --- precision -----------------------------------------------------------------------------------
+
+
+def _entry(int8: Variant | None) -> ModelEntry:
+    variants = {"int8": int8} if int8 else {}
+    return ModelEntry(
+        file="best.onnx", epoch=1, val_loss=0.1, thresholds=[0.5], threshold_source="oof", variants=variants
+    )
+
+
+KEPT = Variant(file="best.int8.onnx", kept=True)
+DROPPED = Variant(kept=False, reason="it loses 0.0100 validation mAP against fp32")
+
+
+@pytest.mark.parametrize(
+    ("setting", "int8", "gpu", "served", "note"),
+    [
+        ("auto", KEPT, False, ("int8", "fp32"), None),  # CPU: int8 by default, fp32 on request
+        ("auto", KEPT, True, ("fp32",), "auto serves fp32 on CUDA"),  # int8 / fp16 unmeasured on a GPU
+        ("auto", None, False, ("fp32",), None),  # a model from before int8: nothing to say
+        ("auto", DROPPED, False, ("fp32",), "its int8 variant was not kept: it loses 0.0100"),
+        ("fp32", KEPT, False, ("fp32",), None),
+        ("int8", KEPT, False, ("int8",), None),
+        ("int8", KEPT, True, ("int8",), None),  # asked for explicitly: int8 on the GPU too
+        ("int8", None, False, ("fp32",), "MANYLABEL_PRECISION=int8 but the model has no int8 variant"),
+        ("int8", DROPPED, True, ("fp32",), "MANYLABEL_PRECISION=int8 but its int8 variant was not kept"),
+    ],
+)
+def test_served_precisions(
+    setting: str, int8: Variant | None, gpu: bool, served: tuple[str, ...], note: str | None
+) -> None:
+    got, why = served_precisions(setting, _entry(int8), gpu=gpu)
+    assert got == served
+    assert (why is None) if note is None else (why is not None and why.startswith(note))
+
+
+def _int8_model(folder: Path) -> Manifest:
+    """A tiny model whose 'int8' variants are other tiny graphs (the runtime only opens files)."""
+    from support.tinymodel import tiny_onnx
+
+    files = {"best.onnx": 1, "last.onnx": 2, "best.int8.onnx": 3, "last.int8.onnx": 4}
+    for name, seed in files.items():
+        tiny_onnx(folder / name, seed=seed, n_labels=len(LABELS), size=16)
+    return Manifest(
+        name="precision-test",
+        labels=LABELS,
+        backbone=Backbone(id="tiny", package="tests", feature_dim=3),
+        preprocessing=Preprocessing(image_size=16),
+        models={
+            w: ModelEntry(
+                file=f"{w}.onnx",
+                epoch=1,
+                val_loss=0.1,
+                thresholds=[0.5] * 3,
+                threshold_source="oof",
+                variants={"int8": Variant(file=f"{w}.int8.onnx", kept=True)},
+            )
+            for w in ("best", "last")
+        },
+        files=[file_entry(folder, name) for name in files],
+    )
+
+
+def _fake_cuda(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """open_session as on a GPU machine: CPU sessions underneath (no GPU here), reported as CUDA.
+    Returns the files opened, in order."""
+    from service.server import runtime
+
+    opened: list[str] = []
+    real = runtime.open_session
+
+    def fake(path: Path, *, provider: str, intra_op_threads: int) -> tuple:
+        assert provider in ("auto", "cuda"), "after the probe, sessions must stay on the probed provider"
+        session, _ = real(path, provider="cpu", intra_op_threads=intra_op_threads)
+        opened.append(Path(path).name)
+        return session, ProviderReport(requested=provider, active=CUDA)
+
+    monkeypatch.setattr(runtime, "open_session", fake)
+    return opened
+
+
+def test_auto_on_cuda_opens_fp32_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Mocked: this machine has no GPU. On CUDA, auto serves fp32 (int8 and fp16 are not measured there).
+    opened = _fake_cuda(monkeypatch)
+    rt = ModelRuntime(tmp_path, _int8_model(tmp_path), Settings(provider="auto"))
+    assert rt.provider.gpu and opened == ["best.onnx", "last.onnx"]
+    assert set(rt.sessions) == {("best", "fp32"), ("last", "fp32")}
+    assert rt.precision_summary()["default"] == {"best": "fp32", "last": "fp32"}
+    assert rt.tuning.max_batch_size == 64  # GPU tuning follows the probed provider
+    with pytest.raises(RequestError, match="auto serves fp32 on CUDA") as info:
+        rt.precision("best", "int8")
+    assert info.value.field == "precision"
+
+
+def test_int8_on_cuda_when_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = _fake_cuda(monkeypatch)  # mocked GPU, as above
+    rt = ModelRuntime(tmp_path, _int8_model(tmp_path), Settings(provider="cuda", precision="int8"))
+    assert opened == ["best.int8.onnx", "last.int8.onnx"]  # the probe is an int8 session: no extra one
+    assert set(rt.sessions) == {("best", "int8"), ("last", "int8")}
+
+
+def test_auto_on_cpu_opens_int8_and_fp32(tmp_path: Path) -> None:
+    rt = ModelRuntime(tmp_path, _int8_model(tmp_path), Settings(provider="cpu"))
+    assert set(rt.sessions) == {(w, p) for w in ("best", "last") for p in ("int8", "fp32")}
+    rt.warm_up()
+    batch = np.full((1, 16, 16, 3), 200, np.uint8)
+    assert rt.precision("best") == "int8" and rt.precision("best", "fp32") == "fp32"
+    # each precision runs its own graph
+    assert not np.array_equal(rt.run("best", batch), rt.run("best", batch, "fp32"))
+    np.testing.assert_array_equal(rt.run("best", batch), rt.run("best", batch, "int8"))
+
+
+def test_pinned_fp32_opens_and_serves_fp32_only(tmp_path: Path) -> None:
+    rt = ModelRuntime(tmp_path, _int8_model(tmp_path), Settings(provider="cpu", precision="fp32"))
+    assert set(rt.sessions) == {("best", "fp32"), ("last", "fp32")}
+    with pytest.raises(
+        RequestError, match=r"'int8' is not served .*MANYLABEL_PRECISION=fp32\); served: fp32"
+    ):
+        rt.precision("last", "int8")
+
+
+def test_precision_setting_from_env() -> None:
+    assert Settings.from_env({}).precision == "auto"
+    assert Settings.from_env({"MANYLABEL_PRECISION": "int8"}).precision == "int8"
+    with pytest.raises(SettingsError, match="MANYLABEL_PRECISION='fp16'"):
+        Settings.from_env({"MANYLABEL_PRECISION": "fp16"})

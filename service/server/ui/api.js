@@ -1,4 +1,4 @@
-// Talking to the service: JSON GETs that cancel stale requests, JSON POSTs, uploads with progress.
+// Talking to the service: JSON GETs that cancel stale requests, JSON writes, uploads with progress.
 
 export class ApiError extends Error {
   constructor(status, message, field = null) {
@@ -74,14 +74,25 @@ export async function getJSON(path, params, key = path) {
   }
 }
 
-export async function postJSON(path, body, { token } = {}) {
-  const headers = { "Content-Type": "application/json", Accept: "application/json" };
+function authorization(headers, token) {
   if (token) headers.Authorization = `Bearer ${token}`;
+  return headers;
+}
+
+/** A JSON write (POST, DELETE): resolves to the answer's JSON, or null for an empty answer. */
+export async function sendJSON(method, path, body, { token } = {}) {
+  const headers = authorization({ Accept: "application/json" }, token);
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   busy(+1);
   try {
-    const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+    const response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
     if (!response.ok) throw await errorOf(response);
-    return await response.json();
+    const text = await response.text();
+    return text ? JSON.parse(text) : null;
   } catch (err) {
     if (err instanceof ApiError) throw err;
     throw new ApiError(0, `cannot reach the service (${err.message})`);
@@ -90,15 +101,36 @@ export async function postJSON(path, body, { token } = {}) {
   }
 }
 
+export function postJSON(path, body, { token } = {}) {
+  return sendJSON("POST", path, body, { token });
+}
+
+/**
+ * GET path as JSON without the busy indicator or cancelling: for polling a job every second.
+ * Throws ApiError like getJSON.
+ */
+export async function peekJSON(path) {
+  let response;
+  try {
+    response = await fetch(path, { headers: { Accept: "application/json" } });
+  } catch (err) {
+    throw new ApiError(0, `cannot reach the service (${err.message})`);
+  }
+  if (!response.ok) throw await errorOf(response);
+  return await response.json();
+}
+
 /**
  * POST a multipart form with XMLHttpRequest, the one browser API that reports upload progress.
  * `onProgress(sentBytes, totalBytes, phase)` with phase "upload" then "waiting" (the server is
  * scoring). Resolves to {blob, filename, type}; rejects with ApiError (status 0: network or cancelled).
+ * `token`: sent as `Authorization: Bearer`, for the writes that need it.
  */
-export function upload(path, form, { onProgress, signal } = {}) {
+export function upload(path, form, { onProgress, signal, token } = {}) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", path);
+    if (token) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
     xhr.responseType = "blob";
     xhr.upload.onprogress = (e) => onProgress?.(e.loaded, e.lengthComputable ? e.total : 0, "upload");
     xhr.upload.onload = () => onProgress?.(1, 1, "waiting");
@@ -127,4 +159,14 @@ export function upload(path, form, { onProgress, signal } = {}) {
     xhr.onloadend = () => busy(-1);
     xhr.send(form);
   });
+}
+
+/** `upload` of a form whose answer is JSON (the studio's dataset writes). */
+export async function uploadJSON(path, form, options = {}) {
+  const answer = await upload(path, form, options);
+  try {
+    return JSON.parse(await answer.blob.text());
+  } catch {
+    throw new ApiError(0, `${path} did not answer JSON`);
+  }
 }

@@ -1,23 +1,22 @@
 // Thresholds panel: the precision-recall curve of all labels or one label, a click on the curve or a
 // number to set a threshold, "Set all", and saving (POST /thresholds) or discarding the changes.
 
-import { ApiError, getJSON, postJSON } from "./api.js";
+import { getJSON, postJSON, query } from "./api.js";
+import { write } from "./auth.js";
 import { describePoint, drawCurve } from "./chart.js";
 import { $, clear, h, num } from "./dom.js";
 import { showError, showMessage } from "./messages.js";
 import { parseThreshold } from "./thresholds.js";
 
-const TOKEN_KEY = "manylabel.token";
-
 export class CurvePanel {
-  constructor(thresholds, { enabled }) {
-    this.th = thresholds;
-    this.enabled = enabled; // false when the model has no records: nothing to draw or save
+  /** Wires the controls once; `use()` points the panel at a model's thresholds. */
+  constructor() {
+    this.th = null;
+    this.enabled = false;
     this.label = "";
     this.split = "validation";
     this.curve = null;
     const select = $("#curve-label");
-    for (const label of thresholds.labels) select.append(h("option", { value: label, text: label }));
     select.addEventListener("change", () => {
       this.label = select.value;
       this.syncControls();
@@ -35,7 +34,19 @@ export class CurvePanel {
     $("#threshold-all").addEventListener("click", () => this.setAllFromInput());
     $("#thresholds-save").addEventListener("click", () => this.save());
     $("#thresholds-discard").addEventListener("click", () => this.th.discard());
-    $("#token-input").value = sessionStorage.getItem(TOKEN_KEY) || "";
+  }
+
+  /** Show the model of `thresholds`; `enabled` is false when it has no records: nothing to draw or save. */
+  use(thresholds, { enabled }) {
+    this.th = thresholds;
+    this.enabled = enabled;
+    this.label = "";
+    this.curve = null;
+    const select = clear($("#curve-label"));
+    select.append(h("option", { value: "", text: "All labels" }));
+    for (const label of thresholds.labels) select.append(h("option", { value: label, text: label }));
+    drawCurve($("#curve-chart"), null);
+    $("#curve-point").textContent = "";
     this.syncControls();
   }
 
@@ -116,27 +127,17 @@ export class CurvePanel {
     const body = this.th.saveBody();
     if (!body) return;
     if (body.reset && !window.confirm(`Forget the saved thresholds of the ${body.which} model?`)) return;
-    const token = $("#token-input").value.trim();
-    try {
-      const state = await postJSON("/thresholds", body, { token });
-      if (token) sessionStorage.setItem(TOKEN_KEY, token);
-      $("#token-box").hidden = true;
-      this.th.setSaved(state);
-      showMessage(`Thresholds of the ${body.which} model saved: new predictions use them.`, { kind: "info" });
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) {
-        $("#token-box").hidden = false;
-        $("#token-input").focus();
-        showError(err, "saving needs the server's API token; enter it and click Save again");
-      } else {
-        showError(err, "saving thresholds");
-      }
-    }
+    const path = `/thresholds${query({ model: this.th.tag })}`;
+    const state = await write("saving thresholds", (token) => postJSON(path, body, { token }));
+    if (!state) return;
+    this.th.setSaved(state);
+    showMessage(`Thresholds of the ${body.which} model saved: new predictions use them.`, { kind: "info" });
   }
 
   /** Checkbox, number box, buttons and the list of thresholds follow the shared state. */
   syncControls() {
     const th = this.th;
+    if (!th) return;
     const optimised = th.useOptimized[th.which];
     $("#use-optimized").checked = optimised;
     const current = th.current();

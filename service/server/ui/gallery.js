@@ -1,14 +1,16 @@
 // Predictions panel: the stored predictions of train or validation images, filtered, sorted and paged;
 // ground-truth labels in green, the others in red.
 
-import { getJSON } from "./api.js";
+import { getJSON, query } from "./api.js";
 import { $, clear, h, num, radioValue, scoreBar } from "./dom.js";
 import { showError } from "./messages.js";
 
 const PAGE_SIZE = 24;
 
-export function imageUrl(split, name) {
-  return `/image/${encodeURIComponent(split)}/${name.split("/").map(encodeURIComponent).join("/")}`;
+/** The stored thumbnail of a train or validation image of the model `tag`. */
+export function imageUrl(split, name, tag) {
+  const path = name.split("/").map(encodeURIComponent).join("/");
+  return `/image/${encodeURIComponent(split)}/${path}${query({ model: tag })}`;
 }
 
 /** Basic view: the labels above threshold (green: ground truth, red: not), then missed ground truth. */
@@ -47,11 +49,17 @@ function advancedLabels(item) {
   return h("div", { class: "scores" }, ...rows);
 }
 
-function card(item, view) {
+function card(item, view, tag) {
   return h(
     "figure",
     { class: `card ${item.correct ? "correct" : "incorrect"}`, "data-name": item.name },
-    h("img", { src: imageUrl(item.split, item.name), alt: item.name, loading: "lazy", width: 160, height: 160 }),
+    h("img", {
+      src: imageUrl(item.split, item.name, tag),
+      alt: item.name,
+      loading: "lazy",
+      width: 160,
+      height: 160,
+    }),
     h(
       "figcaption",
       {},
@@ -64,12 +72,11 @@ function card(item, view) {
 }
 
 export class GalleryPanel {
-  constructor(thresholds, { enabled }) {
-    this.th = thresholds;
-    this.enabled = enabled;
+  /** Wires the controls once; `use()` points the panel at a model's thresholds. */
+  constructor() {
+    this.th = null;
+    this.enabled = false;
     this.page = 1;
-    const label = $("#gallery-label");
-    for (const name of thresholds.labels) label.append(h("option", { value: name, text: name }));
     const again = () => {
       this.page = 1;
       this.refresh();
@@ -80,6 +87,18 @@ export class GalleryPanel {
     for (const input of document.querySelectorAll('input[name="gsplit"], input[name="gview"]')) {
       input.addEventListener("change", again);
     }
+  }
+
+  use(thresholds, { enabled }) {
+    this.th = thresholds;
+    this.enabled = enabled;
+    this.page = 1;
+    const label = clear($("#gallery-label"));
+    label.append(h("option", { value: "", text: "any" }));
+    for (const name of thresholds.labels) label.append(h("option", { value: name, text: name }));
+    clear($("#gallery"));
+    clear($("#gallery-pages"));
+    $("#gallery-summary").textContent = "";
   }
 
   params() {
@@ -121,7 +140,7 @@ export class GalleryPanel {
         `images ${first}–${last} of ${answer.total}`
       : `${answer.split}, ${answer.filter}: no image`;
     const gallery = clear($("#gallery"));
-    for (const item of answer.items) gallery.append(card(item, view));
+    for (const item of answer.items) gallery.append(card(item, view, this.th.tag));
     this.renderPages(answer);
   }
 

@@ -33,8 +33,16 @@ function texts(table) {
 }
 
 export class StatsPanel {
-  constructor(thresholds) {
+  constructor() {
+    this.th = null;
+  }
+
+  /** Show the model of `thresholds`: the tables empty until its first answer. */
+  use(thresholds) {
     this.th = thresholds;
+    clear($("#stats-overall").tBodies[0]);
+    clear($("#stats-labels").tBodies[0]);
+    $("#stats-profile").textContent = "";
   }
 
   async refresh() {

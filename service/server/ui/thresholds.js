@@ -1,13 +1,16 @@
 // The thresholds the page shows: optimised (from the manifest), saved (custom_thresholds.json on the
-// server) and unsaved changes, per model (best / last). Every panel asks the API with `params()`.
+// server) and unsaved changes, per model (best / last) of one stored model (`tag`). Every panel asks the
+// API with `params()`, which names the model, so every view shows the model the page opened.
 
 export class Thresholds {
   /**
    * @param labels the model's labels
    * @param optimized {best: {label: value}, last: {...}} the manifest's max-F1 thresholds
    * @param state the GET /thresholds answer ({custom, thresholds}) or null when unavailable
+   * @param tag the model's NAME:VERSION, sent as `model=` with every request
    */
-  constructor(labels, optimized, state) {
+  constructor(labels, optimized, state, tag) {
+    this.tag = tag;
     this.labels = labels;
     this.optimized = optimized;
     this.which = "best";
@@ -51,9 +54,11 @@ export class Thresholds {
   /** Query parameters for /stats, /pr_curve, /predictions. */
   params() {
     const which = this.which;
-    if (this.useOptimized[which]) return { which, profile: "optimized" };
+    const model = this.tag;
+    if (this.useOptimized[which]) return { model, which, profile: "optimized" };
     const draft = this.draft[which];
     return {
+      model,
       which,
       profile: "custom",
       thresholds: Object.keys(draft).length ? JSON.stringify(draft) : undefined,

@@ -3,73 +3,78 @@
 
 import { ApiError, upload } from "./api.js";
 import { $, bytes, clear, h, num, scoreBar } from "./dom.js";
+import { chunk, dropzone, isImage, isZip } from "./files.js";
 import { showError, showMessage } from "./messages.js";
 import { parseThreshold } from "./thresholds.js";
 
-const IMAGE_EXT = /\.(jpe?g|png|gif|bmp|webp|tiff?)$/i;
-const isZip = (file) => /\.zip$/i.test(file.name) || /zip/.test(file.type);
-const isImage = (file) => file.type.startsWith("image/") || IMAGE_EXT.test(file.name);
 const MAX_SHOWN = 500;
 
-/** Consecutive groups of images within the server's limits; each zip goes alone. */
-export function chunk(files, maxFiles, maxBytes) {
-  const out = [];
-  let current = [];
-  let size = 0;
-  const flush = () => {
-    if (current.length) out.push(current);
-    current = [];
-    size = 0;
-  };
-  for (const file of files) {
-    if (isZip(file)) {
-      flush();
-      out.push([file]);
-      continue;
-    }
-    if (current.length >= maxFiles || (current.length && size + file.size > maxBytes)) flush();
-    current.push(file);
-    size += file.size;
-  }
-  flush();
-  return out;
-}
-
 export class UploadPanel {
-  constructor(summary, thresholds) {
-    this.summary = summary;
-    this.th = thresholds;
+  /** Wires the controls once; `use()` follows the model the page opened, `setModels()` fills the select. */
+  constructor() {
+    this.th = null;
+    this.models = []; // the GET /models rows, for the select and each model's labels
     this.files = [];
     this.results = [];
     this.previews = [];
     this.used = null; // {fields, files} the shown results were made from, reused for downloads
     this.controller = null;
+    this.maxFiles = 32;
+    this.maxBytes = 16 << 20;
+    this.wire();
+  }
+
+  /** The page opened the model of `summary`: predict with it unless the person picks another. */
+  use(summary, thresholds) {
+    this.th = thresholds;
     const serving = summary.serving || {};
     this.maxFiles = Math.min(serving.max_files || 32, 32);
     this.maxBytes = Math.min(0.8 * (serving.max_request_bytes || 32 << 20), 16 << 20);
-    this.wire();
-    this.renderCustomInputs();
+    const select = $("#upload-model");
+    if (![...select.options].some((o) => o.value === summary.tag)) {
+      select.append(h("option", { value: summary.tag, text: summary.tag }));
+    }
+    select.value = summary.tag;
+    $("#upload-which").value = thresholds.which;
+    thresholds.onChange(() => {
+      // follow the page's best/last switch, not every threshold change
+      if (thresholds === this.th && thresholds.which !== this.which) {
+        $("#upload-which").value = this.which = thresholds.which;
+      }
+    });
+    this.which = thresholds.which;
+    this.syncModel();
+  }
+
+  /** The GET /models rows that can be served, newest first. */
+  setModels(rows) {
+    this.models = rows.filter((row) => !row.error);
+    const select = $("#upload-model");
+    const chosen = select.value;
+    clear(select);
+    for (const row of this.models) select.append(h("option", { value: row.tag, text: row.tag }));
+    if (!chosen) return;
+    if (!this.models.some((row) => row.tag === chosen)) {
+      select.append(h("option", { value: chosen, text: chosen }));
+    }
+    select.value = chosen;
+  }
+
+  /** The labels of the chosen model: from /models, or the opened model's. */
+  labels() {
+    const tag = $("#upload-model").value;
+    if (this.th && tag === this.th.tag) return this.th.labels;
+    return this.models.find((row) => row.tag === tag)?.labels || [];
   }
 
   wire() {
-    const zone = $("#dropzone");
-    zone.addEventListener("dragover", (e) => {
-      e.preventDefault();
-      zone.classList.add("over");
-    });
-    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
-    zone.addEventListener("drop", (e) => {
-      e.preventDefault();
-      zone.classList.remove("over");
-      this.add([...e.dataTransfer.files]);
-    });
-    zone.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" || e.key === " ") $("#file-input").click();
-    });
-    $("#file-input").addEventListener("change", (e) => {
+    const input = $("#file-input");
+    dropzone($("#dropzone"), input, (given) => this.add(given.map((g) => g.file)));
+    input.addEventListener("change", (e) => {
       this.add([...e.target.files]);
       e.target.value = "";
     });
+    $("#upload-model").addEventListener("change", () => this.syncModel());
     $("#upload-mode").addEventListener("change", () => this.syncMode());
     $("#predict-btn").addEventListener("click", () => this.predict());
     $("#clear-btn").addEventListener("click", () => this.clearAll());
@@ -77,10 +82,16 @@ export class UploadPanel {
     for (const button of document.querySelectorAll("#results-bar [data-format]")) {
       button.addEventListener("click", () => this.download(button.dataset.format));
     }
-    let which = this.th.which; // follow the page's best/last switch, not every threshold change
-    this.th.onChange(() => {
-      if (this.th.which !== which) $("#upload-which").value = which = this.th.which;
-    });
+  }
+
+  /** Another model picked: its own labels "per label"; "as on this page" for the opened model only. */
+  syncModel() {
+    const opened = Boolean(this.th) && $("#upload-model").value === this.th.tag;
+    const page = $('#upload-mode option[value="page"]');
+    page.disabled = !opened;
+    if (!opened && $("#upload-mode").value === "page") $("#upload-mode").value = "saved";
+    this.renderCustomInputs();
+    this.syncMode();
   }
 
   add(files) {
@@ -118,7 +129,7 @@ export class UploadPanel {
 
   renderCustomInputs() {
     const box = clear($("#upload-custom"));
-    for (const label of this.th.labels) {
+    for (const label of this.labels()) {
       box.append(
         h("label", {}, label, h("input", { type: "number", min: 0, max: 1, step: 0.01, "data-label": label })),
       );
@@ -130,18 +141,25 @@ export class UploadPanel {
     $("#upload-one-box").hidden = mode !== "one";
     $("#upload-custom").hidden = mode !== "custom";
     if (mode === "custom") {
-      const current = this.th.current($("#upload-which").value);
+      // the opened model: start from the page's thresholds; another: blank, its saved ones apply
+      const opened = $("#upload-model").value === this.th?.tag;
+      const current = opened ? this.th.current($("#upload-which").value) : {};
       for (const input of document.querySelectorAll("#upload-custom input")) {
-        if (input.value === "") input.value = Number(current[input.dataset.label]).toFixed(4);
+        const value = current[input.dataset.label];
+        if (input.value === "" && value !== undefined) input.value = Number(value).toFixed(4);
       }
     }
   }
 
-  /** The form fields besides the images: which, and threshold or thresholds. Throws on a bad value. */
+  /** The form fields besides the images: model, which, and threshold or thresholds. Throws on a bad value. */
   options() {
+    const model = $("#upload-model").value;
     const which = $("#upload-which").value;
     const mode = $("#upload-mode").value;
-    const fields = [["which", which]];
+    const fields = [
+      ["model", model],
+      ["which", which],
+    ];
     if (mode === "one") fields.push(["threshold", String(parseThreshold($("#upload-one").value))]);
     if (mode === "page") fields.push(["thresholds", JSON.stringify(this.th.current(which))]);
     if (mode === "custom") {
@@ -215,17 +233,18 @@ export class UploadPanel {
     this.progress(null);
     this.used = { fields, files };
     this.results = results;
-    this.renderResults(fields[0][1]);
+    this.renderResults(Object.fromEntries(fields));
     this.syncFiles();
   }
 
-  renderResults(which) {
+  renderResults({ model, which }) {
     for (const url of this.previews) URL.revokeObjectURL(url);
     this.previews = [];
     const box = clear($("#results"));
     const labelled = this.results.filter((r) => r.predicted.length).length;
     $("#results-summary").textContent =
-      `${this.results.length} image(s) scored by the ${which} model; ${labelled} with at least one label.`;
+      `${this.results.length} image(s) scored by the ${which} model of ${model}; ` +
+      `${labelled} with at least one label.`;
     $("#results-bar").hidden = !this.results.length;
     for (const result of this.results.slice(0, MAX_SHOWN)) box.append(this.resultCard(result));
     if (this.results.length > MAX_SHOWN) {
