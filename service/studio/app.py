@@ -13,7 +13,7 @@ GET    /jobs/{id}                   state, stage, progress, epoch, losses, ETA, 
 GET    /jobs/{id}/events            the same, as server-sent events, until the job ends
 DELETE /jobs/{id}                   cancel: a queued job at once, a running one is stopped (no model left)
 
-Writes (POST except /jobs/estimate, DELETE) pass `web.check_writer`. Every refusal is
+Writes (POST except /jobs/estimate, DELETE) pass `service.server.http.guard.check_writer`. Every refusal is
 `RequestError.to_dict()` ``{"error", "field"}`` with its 4xx status, as everywhere in manylabel.
 """
 
@@ -29,12 +29,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from service.errors import RequestError
+from service.server.http.guard import check_writer
 from service.studio.plan import JobSpec
 from service.studio.settings import get_studio_settings
 from service.studio.studio import Studio
 from service.studio.web import (
     ErrorBody,
-    check_writer,
     in_thread,
     json_body,
     on_bug,

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import RequestError
+from service.labels_csv import LabelsTable, match
 from service.studio.db import Transaction
-from service.studio.labels_csv import LabelsTable, match
 
 MAX_PROBLEMS = 200  # problems listed in one answer; the rest are counted
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from service.errors import InvalidImageError, RequestError
 from service.files import MAX_PATH_BYTES, atomic_write_bytes, is_junk
+from service.labels_csv import LabelsCsvError, LabelsTable, read_labels, write_labels
 from service.manifest import Preprocessing
 from service.preprocess import IMAGE_SUFFIXES, is_image_name, load_image
 from service.server.http.uploads import InputFile
@@ -36,7 +37,6 @@ from service.studio.changes import (
     unknown_dataset,
 )
 from service.studio.db import Database
-from service.studio.labels_csv import read_labels, write_labels
 
 logger = logging.getLogger("bentoml.manylabel")
 
@@ -109,7 +109,7 @@ class DatasetStore:
         files: Sequence[InputFile],
         labels: tuple[str, bytes] | None,
     ) -> dict:
-        table = read_labels(labels[1], labels[0] or "labels.csv") if labels else None  # bad CSV: refuse all
+        table = _read_csv(labels) if labels else None  # a bad CSV refuses the whole upload
         report = Report()
         stored = self._store_files(files, report)
         source = f"csv:{(labels[0] or 'labels.csv')[:200]}" if labels else ""
@@ -247,3 +247,11 @@ class DatasetStore:
         if removed:
             logger.info("studio: removed %d stored files no dataset uses (interrupted uploads)", removed)
         return removed
+
+
+def _read_csv(labels: tuple[str, bytes]) -> LabelsTable:
+    """The uploaded labels CSV; a 400 naming the `labels` field and the line when it is unusable."""
+    try:
+        return read_labels(labels[1], labels[0] or "labels.csv")
+    except LabelsCsvError as exc:
+        raise RequestError(str(exc), field="labels") from None

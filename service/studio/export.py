@@ -20,10 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from service.labels_csv import write_labels
 from service.store import load_model
 from service.studio.datasets import DatasetStore
 from service.studio.db import Database
-from service.studio.labels_csv import write_labels
 from service.studio.plan import Estimate, Plan
 
 logger = logging.getLogger("bentoml.manylabel")

@@ -1,7 +1,7 @@
 """What every studio route shares: the write rule, uploads read within the service's limits, JSON
 bodies, and the one error body.
 
-Writes (datasets, jobs) follow `service.server.http.guard.check_write`: the API token when the server
+Writes (datasets, jobs) follow `service.server.http.guard.check_writer`: the API token when the server
 has one, else loopback clients naming a loopback Host. On top, a browser's cross-site write is
 refused by its `Origin` / `Sec-Fetch-Site` headers: a multipart form is a request any web page may
 send to 127.0.0.1 without asking first (JSON bodies need `Content-Type: application/json`, which a
@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import bentoml
 from fastapi import Request
@@ -32,10 +30,9 @@ from starlette.exceptions import HTTPException
 
 from service.errors import RequestError
 from service.server.http.budget import Reservation
-from service.server.http.guard import Forbidden, check_write
+from service.server.http.guard import read_json
 from service.server.http.predict import read_form
 from service.server.http.uploads import IMAGES_FIELD, InputFile, Limits, Part, collect_images
-from service.server.settings import get_settings
 
 logger = logging.getLogger("bentoml.manylabel")
 
@@ -89,39 +86,10 @@ async def on_bug(request: Request, exc: Exception) -> Response:
 # --- writes -------------------------------------------------------------------------------------
 
 
-def check_writer(request: Request) -> None:
-    """Refuse (401/403) a request that may not change datasets or jobs (see the module docstring)."""
-    token = get_settings().api_token
-    check_write(
-        token=token.get_secret_value() if token else None,
-        authorization=request.headers.get("authorization", ""),
-        client_host=request.client.host if request.client else None,
-        host_header=request.headers.get("host", ""),
-    )
-    origin = request.headers.get("origin")
-    host = request.headers.get("host", "").lower()
-    cross = request.headers.get("sec-fetch-site", "").lower() == "cross-site"
-    if cross or (origin is not None and urlsplit(origin.lower()).netloc != host):
-        raise Forbidden(f"a page from {str(origin)[:100]!r} may not change this studio; use its own page")
 
 
 async def json_body(request: Request) -> Any:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise RequestError(
-            f"body: send JSON with Content-Type: application/json (got {media_type or 'none'!r})",
-            field="body",
-            status=415,
-        )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise RequestError(f"body: larger than {MAX_JSON_BYTES:,} bytes", field="body", status=413)
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
+    return await read_json(request, MAX_JSON_BYTES)
 
 
 # --- uploads ------------------------------------------------------------------------------------

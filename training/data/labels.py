@@ -1,4 +1,5 @@
-"""Labels CSV -> labelled samples: read the CSV, match its rows to the source's images, choose labels.
+"""Labels CSV -> labelled samples: read the CSV (`service.labels_csv`), match its rows to the
+source's images, choose labels.
 
 Two CSV layouts are accepted and told apart automatically:
 
@@ -16,23 +17,17 @@ name) when it identifies exactly one image. Names that fit several images are re
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.bundles import csv_unsafe
-from service.preprocess import is_image_name
+from service.labels_csv import LabelsCsvError, read_labels
 from training.data.sources import DataError, ImageFile, Sample
 
 log = logging.getLogger(__name__)
 
-HEADER_NAMES = frozenset({"filename", "file_name", "file", "filepath", "image", "image_name", "img", "path"})
-_BINARY = frozenset({"0", "1", ""})
-Row = tuple[int, list[str]]  # (line number, stripped cells)
 
 
 @dataclass(frozen=True)
@@ -77,17 +72,21 @@ class LabelledSet:
 
 
 def read_labels_csv(path: str | Path) -> LabelsTable:
-    """Read a labels CSV in either layout. Raises DataError naming the file and line on bad input."""
+    """Read a labels CSV in either layout (`service.labels_csv`). DataError naming the file and line."""
     name = str(path)
-    rows = _rows(_decode(Path(path)), name)
-    if not rows:
-        raise DataError(f"{name}: the labels file is empty; expected rows like `000006.jpg,bus,car`")
-    one_hot = _is_one_hot(rows)
-    table, labels = _parse_one_hot(rows, name) if one_hot else _parse_lists(rows, name)
-    if not table:
-        raise DataError(f"{name}: the labels file has a header but no rows")
-    log.info("%s: %d files, %d labels (%s)", name, len(table), len(labels), "one-hot" if one_hot else "lists")
-    return LabelsTable(name, {k: frozenset(v) for k, v in table.items()}, labels, one_hot)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such labels file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the labels file ({exc.strerror or exc})") from exc
+    try:
+        table = read_labels(raw, name)
+    except LabelsCsvError as exc:
+        raise DataError(str(exc)) from None
+    kind = "one-hot" if table.one_hot else "lists"
+    log.info("%s: %d files, %d labels (%s)", name, len(table.rows), len(table.labels), kind)
+    return LabelsTable(name, table.rows, table.labels, table.one_hot)
 
 
 def load_labelled_set(images: Sequence[ImageFile], csv_path: str | Path) -> LabelledSet:
@@ -169,103 +168,20 @@ def label_counts_table(train: Sequence[Sample], validation: Sequence[Sample], la
     return "\n".join([line(header), rule, *(line(r) for r in body), rule, line(totals)])
 
 
-def _decode(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such labels file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the labels file ({exc.strerror or exc})") from exc
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{path}: the labels file is UTF-16; save it as UTF-8 CSV (Excel: 'CSV UTF-8')")
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        line = raw.count(b"\n", 0, nul) + 1
-        raise DataError(f"{path}, line {line}: binary data; this is not a CSV file")
-    try:
-        return raw.decode("utf-8-sig")  # -sig: Excel writes a byte-order mark
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{path}, line {line}: not UTF-8 text; save the CSV as UTF-8 (Excel: 'CSV UTF-8')"
-        ) from exc
 
 
-def _rows(text: str, name: str) -> list[Row]:
-    reader = csv.reader(io.StringIO(text, newline=""))  # newline="": csv handles CRLF and quoted newlines
-    rows: list[Row] = []
-    try:
-        for cells in reader:
-            # csv_unsafe: a predictions CSV fed back keeps its labels ('+cmd was written for +cmd).
-            stripped = [csv_unsafe(c.strip()) for c in cells]
-            if any(stripped):
-                rows.append((reader.line_num, stripped))
-    except csv.Error as exc:
-        raise DataError(f"{name}, line {reader.line_num}: not valid CSV ({exc})") from exc
-    return rows
 
 
-def _is_one_hot(rows: list[Row]) -> bool:
-    header = _trim(rows[0][1])
-    data = rows[1:]
-    if len(header) < 2 or not data or all(c in _BINARY for c in header[1:]):
-        return False
-    fitting = sum(1 for _, cells in data if _fits_one_hot(_trim(cells), len(header)))
-    return fitting * 2 >= len(data)
 
 
-def _fits_one_hot(cells: list[str], width: int) -> bool:
-    # A row with a file name only is also a valid product-format row, so it is no evidence of one-hot.
-    return 2 <= len(cells) <= width and all(c in _BINARY for c in cells[1:])
 
 
-def _parse_one_hot(rows: list[Row], name: str) -> tuple[dict[str, set[str]], list[str]]:
-    header_line, header = rows[0][0], _trim(rows[0][1])
-    names = header[1:]
-    if "" in names or len(set(names)) < len(names):
-        raise DataError(f"{name}, line {header_line}: the one-hot header has blank or repeated label names")
-    table: dict[str, set[str]] = {}
-    for line, raw in rows[1:]:
-        cells = _trim(raw)
-        if len(cells) > len(header):
-            raise DataError(f"{name}, line {line}: {len(cells)} cells, but the header has {len(header)}")
-        for label, cell in zip(names, cells[1:], strict=False):
-            if cell not in _BINARY:
-                raise DataError(
-                    f"{name}, line {line}: {cell!r} under {label!r} is not 0 or 1 (the file was read as "
-                    "one-hot because of its header row)"
-                )
-        labels = {label for label, cell in zip(names, cells[1:], strict=False) if cell == "1"}
-        table.setdefault(_key(cells[0], name, line), set()).update(labels)
-    return table, sorted(names)
 
 
-def _parse_lists(rows: list[Row], name: str) -> tuple[dict[str, set[str]], list[str]]:
-    first = rows[0][1][0]
-    if first.lower() in HEADER_NAMES and not is_image_name(first):
-        log.info("%s: line %d is a header row; skipped", name, rows[0][0])
-        rows = rows[1:]
-    table: dict[str, set[str]] = {}
-    for line, cells in rows:
-        table.setdefault(_key(cells[0], name, line), set()).update(c for c in cells[1:] if c)
-    return table, sorted(set().union(*table.values()))
 
 
-def _key(cell: str, name: str, line: int) -> str:
-    if not cell:
-        raise DataError(f"{name}, line {line}: labels but no file name in the first column")
-    key = cell.replace("\\", "/")  # a CSV written on Windows
-    while key.startswith("./"):
-        key = key[2:]
-    return key
 
 
-def _trim(cells: list[str]) -> list[str]:
-    """Drop trailing blank cells: spreadsheets pad rows with them."""
-    end = len(cells)
-    while end and not cells[end - 1]:
-        end -= 1
-    return cells[:end]
 
 
 def _first(names: Sequence[str], limit: int) -> str:

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
 
 from service.errors import RequestError
+from service.server.settings import get_settings
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -61,3 +67,42 @@ def check_write(*, token: str | None, authorization: str, client_host: str | Non
             f"Host {host_header[:100]!r} is not this machine's loopback name; without MANYLABEL_API_TOKEN "
             "changes must be sent to localhost or 127.0.0.1"
         )
+
+
+def check_writer(request: Request) -> None:
+    """`check_write` for a Starlette request, with the server's token; also refuses a write that a page
+    on another site sends (a cross-site `Origin` or `Sec-Fetch-Site`): any web page may post a form
+    to 127.0.0.1."""
+    token = get_settings().api_token
+    check_write(
+        token=token.get_secret_value() if token else None,
+        authorization=request.headers.get("authorization", ""),
+        client_host=request.client.host if request.client else None,
+        host_header=request.headers.get("host", ""),
+    )
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "").lower()
+    cross = request.headers.get("sec-fetch-site", "").lower() == "cross-site"
+    if cross or (origin is not None and urlsplit(origin.lower()).netloc != host):
+        raise Forbidden(f"a page from {str(origin)[:100]!r} may not change this server; use its own page")
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """A JSON request body: Content-Type application/json (which a cross-site form cannot send without
+    asking first), at most `max_bytes`, valid JSON (not nested past the parser's depth)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestError(
+            f"body: send JSON with Content-Type: application/json (got {media_type or 'none'!r})",
+            field="body",
+            status=415,
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise RequestError(f"body: larger than {max_bytes:,} bytes", field="body", status=413)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None

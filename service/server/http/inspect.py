@@ -45,8 +45,7 @@ from starlette.types import Scope
 from service.errors import ManifestError, RequestError
 from service.inspect.inspector import Inspector
 from service.inspect.queries import ROUTES, InspectQuery, ThresholdChange
-from service.server.http.guard import Unauthorized, check_write
-from service.server.settings import get_settings
+from service.server.http.guard import Unauthorized, check_writer, read_json
 
 logger = logging.getLogger("bentoml.manylabel")
 
@@ -216,25 +215,6 @@ async def image(request: Request, split: str, name: str, query: Annotated[Inspec
 
 
 
-async def _json_body(request: Request) -> Any:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise RequestError(
-            f"body: send JSON with Content-Type: application/json (got {media_type or 'none'!r})",
-            field="body",
-            status=415,
-        )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise RequestError(f"body: larger than {MAX_BODY_BYTES} bytes", field="body", status=413)
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise RequestError(f"body: not valid JSON ({exc})", field="body") from None
-
-
 @inspect_app.get("/thresholds")
 @_guarded
 async def saved_thresholds(query: Annotated[InspectQuery, Query()]) -> Response:
@@ -253,17 +233,11 @@ async def change_thresholds(request: Request, query: Annotated[InspectQuery, Que
     ``Authorization: Bearer <token>`` when the server sets MANYLABEL_API_TOKEN, else from this machine
     only (`service.server.http.guard`)."""
     inspector = await _inspector(query.model)
-    token = get_settings().api_token
     try:
-        check_write(
-            token=token.get_secret_value() if token else None,
-            authorization=request.headers.get("authorization", ""),
-            client_host=request.client.host if request.client else None,
-            host_header=request.headers.get("host", ""),
-        )
+        check_writer(request)
     except Unauthorized as refused:
         return _refusal(refused, {"WWW-Authenticate": "Bearer"})
-    body = await _json_body(request)
+    body = await read_json(request, MAX_BODY_BYTES)
     state = await asyncio.to_thread(inspector.update_thresholds, body)
     logger.info("custom thresholds of %s changed: %s", inspector.tag, json.dumps(body)[:500])
     return JSONResponse(state)

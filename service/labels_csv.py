@@ -1,7 +1,5 @@
-"""Labels CSVs in the studio: read an uploaded one, match its rows to a dataset's images, write one.
-
-The studio accepts what `manylabel train --labels` accepts, so a CSV that trains also uploads, and the
-CSV the studio writes (`GET /datasets/{id}/labels.csv`, the job folder's labels.csv) trains as it is:
+"""Labels CSVs, read once for everyone: `manylabel train --labels`, the studio's uploads, and the
+CSV the studio writes (`GET /datasets/{id}/labels.csv`, a job's labels.csv), which trains as it is:
 
 - lists, no header: `000006.jpg,bus,car,person` (file name, then any number of labels; blank cells
   ignored; a file name alone is an image with none of the labels: a negative). A first row whose
@@ -16,9 +14,9 @@ that `service.bundles.csv_safe` escaped (`'=x`) reads back as written (`=x`).
 
 A row names an image by its name in the dataset or by any trailing part of it (usually the bare
 file name) when that fits exactly one image; names fitting none or several are reported, never
-guessed. The studio keeps its own reader because the server never imports `training` (the layout
-rule); the formats are the same as training/data/labels.py's, and tests/studio checks that a CSV
-the studio writes reads the same through both.
+guessed (`match`; training matches against its own image list the same way). Errors are
+`LabelsCsvError`, naming the file and line; callers turn them into their own kind (a 400 naming the
+`labels` field in the studio, a DataError in training).
 """
 
 from __future__ import annotations
@@ -30,10 +28,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from service.bundles import csv_safe, csv_unsafe
-from service.errors import RequestError
+from service.errors import ManylabelError
 from service.preprocess import is_image_name
 
-FIELD = "labels"
 HEADER_NAMES = frozenset({"filename", "file_name", "file", "filepath", "image", "image_name", "img", "path"})
 HEADER = "filename"  # the header row the studio writes: a lists-format CSV with a header
 _BINARY = frozenset({"0", "1", ""})
@@ -58,12 +55,16 @@ class Matched:
     ambiguous: list[str] = field(default_factory=list)  # CSV names several images share
 
 
-def fail(message: str) -> RequestError:
-    return RequestError(message, field=FIELD)
+class LabelsCsvError(ManylabelError):
+    """A labels CSV that cannot be used as given; the message names the file, the line and the fix."""
+
+
+def fail(message: str) -> LabelsCsvError:
+    return LabelsCsvError(message)
 
 
 def read_labels(data: bytes | bytearray, source: str = "labels.csv") -> LabelsTable:
-    """Parse a labels CSV in either layout; RequestError (field `labels`) naming the line otherwise."""
+    """Parse a labels CSV in either layout; LabelsCsvError naming the line otherwise."""
     rows = _rows(_decode(bytes(data), source), source)
     if not rows:
         raise fail(f"{source}: the labels file is empty; expected rows like `000006.jpg,bus,car`")
