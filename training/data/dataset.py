@@ -84,17 +84,22 @@ class Dataset:
             )
         return out
 
-    def parity_batch(self, spec: Preprocessing) -> np.ndarray:
-        """A few real images for the export's torch-vs-onnxruntime check."""
-        arrays = []
+    def parity_batch(self, spec: Preprocessing, fs: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+        """A few real train images and their cached features, (uint8 batch, features), for the
+        export's check that the fused graph turns these pixels into the scores training saw."""
+        row = {name: i for i, name in enumerate(fs.names)}
+        rows, arrays = [], []
         for sample in self.train:
+            if sample.image.relpath not in row:
+                continue
             try:
                 arrays.append(load_image(sample.image.path, spec, name=sample.image.relpath))
             except Exception:  # an unreadable image was already reported; pick another
                 continue
+            rows.append(row[sample.image.relpath])
             if len(arrays) == PARITY_IMAGES:
                 break
-        return np.stack(arrays)
+        return np.stack(arrays), fs.features[rows]
 
 
 @contextmanager

@@ -205,8 +205,6 @@ def _plan_members(
     return planned
 
 
-
-
 def _extract_member(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, rel: str, dest: Path, archive: Path, used: int, limit: int
 ) -> int:
@@ -231,8 +229,6 @@ def _extract_member(
                 )
             out.write(chunk)
     return used + written
-
-
 
 
 def _suffixes() -> str:
