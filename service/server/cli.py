@@ -118,14 +118,17 @@ def run_serve(args: argparse.Namespace) -> int:
     }.items():
         if value is not None:
             env[key] = str(value)
+    return exec_serve(SERVICE_IMPORT, args.host, args.port, env)
+
+
+def exec_serve(service: str, host: str, port: int, env: dict[str, str]) -> int:
+    """Become `bentoml serve SERVICE`: signals (Ctrl-C, SIGTERM from Kubernetes) reach it directly."""
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or shutil.which("bentoml")
     if bentoml is None:
         raise ManylabelError("the bentoml command is not installed in this environment")
     root = Path(__file__).resolve().parents[2]  # where the `service` package lives
-    cmd = [bentoml, "serve", SERVICE_IMPORT, "--host", args.host, "--port", str(args.port)]
-    cmd += ["--working-dir", str(root)]
+    cmd = [bentoml, "serve", service, "--host", host, "--port", str(port), "--working-dir", str(root)]
     print(" ".join(cmd), file=sys.stderr)
     sys.stderr.flush()
-    # Become `bentoml serve`: signals (Ctrl-C, SIGTERM from Kubernetes) reach it directly.
     os.execve(bentoml, cmd, env)
     return 0  # pragma: no cover - execve does not return

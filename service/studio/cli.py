@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from service.errors import ManylabelError
+from service.server.cli import exec_serve
 from service.studio.settings import DATA_ENV, StudioSettings
 
 SERVICE_IMPORT = "service.studio.service:ManyLabel"
@@ -44,12 +43,6 @@ def run_studio(args: argparse.Namespace) -> int:
     data = StudioSettings.from_env(env).data
     data.mkdir(parents=True, exist_ok=True)
     env[DATA_ENV] = str(data)
-    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or shutil.which("bentoml")
-    if bentoml is None:
-        raise ManylabelError("the bentoml command is not installed in this environment")
-    root = Path(__file__).resolve().parents[2]  # where the `service` package lives
-    cmd = [bentoml, "serve", SERVICE_IMPORT, "--host", args.host, "--port", str(args.port)]
-    cmd += ["--working-dir", str(root)]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"manylabel studio: data in {data}; open http://{shown}:{args.port}/ui", file=sys.stderr)
     if args.host not in LOOPBACK and not env.get("MANYLABEL_API_TOKEN"):
@@ -57,6 +50,4 @@ def run_studio(args: argparse.Namespace) -> int:
             "manylabel studio: without MANYLABEL_API_TOKEN only this machine may upload or train",
             file=sys.stderr,
         )
-    sys.stderr.flush()
-    os.execve(bentoml, cmd, env)  # signals (Ctrl-C) reach `bentoml serve` directly
-    return 0  # pragma: no cover - execve does not return
+    return exec_serve(SERVICE_IMPORT, args.host, args.port, env)
