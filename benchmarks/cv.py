@@ -11,16 +11,22 @@ The reference is scikit-learn's LogisticRegression (C=0.5, standardised features
 - `LogReg`: fitted on all four folds (it needs no validation split), micro-F1 at 0.5;
 - `LogReg (same train)`: fitted on the head's own train split, for a like-for-like view.
 
-    python benchmarks/cv.py ../shared/data/voc5_natural_dev ../shared/data/clothing_mosaic_ml10 --fresh
-    python benchmarks/cv.py ../shared/data/voc5_natural_dev ../shared/data/clothing_mosaic_ml10 \\
-        --backbones lite1 lite2 --recipes default "512 wide, 5 folds"   # merged into the same table
+The table in results/cv.md came from three runs, merged (~25 min on 2 cores, features cached):
+
+    D="../shared/data/voc5_natural_dev ../shared/data/clothing_mosaic_ml10"
+    python benchmarks/cv.py $D --backbones lite1 lite0 lite2 --recipes default --fresh
+    python benchmarks/cv.py $D --backbones lite1 --recipes "512 wide" "5 folds" "128 wide" \\
+        "dropout 0.5" "lr 3e-3" "batch 256" "linear head"
+    python benchmarks/cv.py $D --backbones lite0 \\
+        --recipes "old (lr 1e-4, batch 64, 512 wide, 5 folds, patience 40, 1 min)"
+
+`head s` is the median wall time of `train_heads` per fold, on whatever the machine was doing then.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -28,25 +34,23 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as training/__init__.py, before torch loads
-
-from service.metrics import split_metrics  # noqa: E402
-from training.backbone import backbone_onnx, choice  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data.dataset import SplitArrays  # noqa: E402
-from training.data.labels import load_labelled_set  # noqa: E402
-from training.data.sources import open_source  # noqa: E402
-from training.data.splits import split_samples  # noqa: E402
-from training.features import compute_features  # noqa: E402
-from training.fit import default_cache_dir, evaluate_head  # noqa: E402
-from training.head import fold_assignment, head_scores, train_heads  # noqa: E402
+from service.metrics import split_metrics
+from training.backbone import backbone_onnx, choice
+from training.config import TrainConfig
+from training.data.dataset import SplitArrays
+from training.data.labels import load_labelled_set
+from training.data.sources import open_source
+from training.data.splits import split_samples
+from training.features import compute_features
+from training.fit import default_cache_dir, evaluate_head
+from training.head import fold_assignment, head_scores, train_heads
 
 K = 5
 C = 0.5
 # Recipes: TrainConfig overrides on top of the defaults.
 RECIPES: dict[str, dict] = {
     "default": {},
-    "old (lr 1e-4, batch 64, 512 wide, 5 folds, patience 40, 1 min)": {
+    "old (lr 1e-4, batch 64, 512 wide, 5 folds, patience 40, 1 min)": {  # the recipe before, on lite0
         "lr": 1e-4,
         "batch_size": 64,
         "max_epochs": 300,

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="manylabel-bench-bentoml-"))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as training/__init__.py, before torch loads
 
 from service.metrics import split_metrics  # noqa: E402
 from service.preprocess import load_image  # noqa: E402

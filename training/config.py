@@ -28,7 +28,7 @@ class TrainConfig:
     exclude: list[str] = knob([], "leave these labels out", metavar="LABEL")
     val_size: float = knob(0.2, "fraction held out for validation", exclusive="validation")
     val_labels: Path | None = knob(None, "a labels CSV naming the validation images", exclusive="validation")
-    backbone: Literal["lite0", "lite1", "lite2"] = knob("lite0", "EfficientNet-Lite at 224, 240 or 260 px")
+    backbone: Literal["lite0", "lite1", "lite2"] = knob("lite1", "EfficientNet-Lite at 224, 240 or 260 px")
     lr: float = knob(1e-3, "AdamW learning rate: the best epoch comes within ~10 passes (5-fold CV)")
     weight_decay: float = knob(1e-4, "AdamW decoupled weight decay")
     l2: float = knob(0.0, "L2 penalty on the head weights, added to the loss (like LogisticRegression's 1/C)")

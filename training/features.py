@@ -28,7 +28,7 @@ from service.preprocess import load_image
 from training.data.sources import ImageFile
 
 log = logging.getLogger(__name__)
-SAMPLE_IMAGES = 16  # images timed before the feature pass to estimate its duration
+SAMPLE_IMAGES = 32  # images timed, after a first batch left out, to estimate the pass's duration
 
 
 @dataclass
@@ -133,11 +133,14 @@ def compute_features(
     workers: int = 2,
     device: str = "auto",
     on_estimate: Callable[[int, float], None] | None = None,
+    on_decoded: Callable[[ImageFile, str, np.ndarray], None] | None = None,
 ) -> FeatureSet:
     """Features for `images` in input order (failed images left out and named).
 
     `on_estimate(n_to_compute, seconds_estimated)` is called once, after a timed sample, before
-    the bulk of the feature pass.
+    the bulk of the feature pass. `on_decoded(image, sha256, array)` is called in a decode thread
+    for each image the pass decodes (uncached ones only), so other per-image products (thumbnails)
+    need no second decode.
     """
     started = time.perf_counter()
     cache = FeatureCache(cache_root, cache_key(onnx_path, spec))
@@ -157,7 +160,7 @@ def compute_features(
     cached = len(vectors)
     if todo:
         session = open_session(onnx_path, device)
-        _infer(todo, session, spec, cache, vectors, failed, batch_size, workers, on_estimate)
+        _infer(todo, session, spec, cache, vectors, failed, batch_size, workers, on_estimate, on_decoded)
     names = [im.relpath for im in images if im.relpath in vectors]
     dim = next(iter(vectors.values())).shape[0] if vectors else 0
     feats = np.stack([vectors[n] for n in names]) if names else np.zeros((0, dim), np.float32)
@@ -212,34 +215,49 @@ def _describe(exc: Exception) -> str:
 
 
 def _decoded(
-    todo: list[tuple[ImageFile, str]], spec: Preprocessing, workers: int, ahead: int
+    todo: list[tuple[ImageFile, str]], spec: Preprocessing, workers: int, ahead: int, on_decoded=None
 ) -> Iterator[tuple[ImageFile, str, np.ndarray | str]]:
     """Decode in a pool, at most `ahead` images in flight, yielding in input order."""
+
+    def work(image: ImageFile, digest: str) -> np.ndarray | str:
+        result = _decode(image, spec)
+        if on_decoded is not None and not isinstance(result, str):
+            try:
+                on_decoded(image, digest, result)
+            except Exception:  # a by-product failing must not cost the image its features
+                log.debug("on_decoded failed for %s", image.relpath, exc_info=True)
+        return result
+
     with ThreadPoolExecutor(workers) as pool:
         pending: deque[tuple[ImageFile, str, Future]] = deque()
         items = iter(todo)
         for image, digest in items:
-            pending.append((image, digest, pool.submit(_decode, image, spec)))
+            pending.append((image, digest, pool.submit(work, image, digest)))
             if len(pending) >= ahead:
                 break
         while pending:
             image, digest, fut = pending.popleft()
             nxt = next(items, None)
             if nxt is not None:
-                pending.append((nxt[0], nxt[1], pool.submit(_decode, nxt[0], spec)))
+                pending.append((nxt[0], nxt[1], pool.submit(work, nxt[0], nxt[1])))
             yield image, digest, fut.result()
 
 
-def _infer(todo, session, spec, cache, vectors, failed, batch_size, workers, on_estimate) -> None:
+def _infer(todo, session, spec, cache, vectors, failed, batch_size, workers, on_estimate, on_decoded) -> None:
+    """Run the backbone over `todo` in batches, caching each vector as it comes.
+
+    The estimate leaves out the first batch (onnxruntime's first run at a batch shape and the decode
+    pool's start-up made it 2x too long) and times the next batches, the steady-state rate.
+    """
     input_name = session.get_inputs()[0].name
     batch: list[tuple[ImageFile, str, np.ndarray]] = []
     estimated = on_estimate is None
     t0 = time.perf_counter()
-    done = 0
+    done, mark = 0, None  # mark: (time, done) when the warm-up batch finished
     bar = tqdm(total=len(todo), desc="bottleneck features", unit="img")
 
     def flush() -> None:
-        nonlocal done, estimated
+        nonlocal done, estimated, mark
         out = session.run(None, {input_name: np.stack([arr for _, _, arr in batch])})[0]
         for (image, digest, _), vector in zip(batch, out, strict=True):
             cache.save(digest, vector)
@@ -247,21 +265,26 @@ def _infer(todo, session, spec, cache, vectors, failed, batch_size, workers, on_
         done += len(batch)
         bar.update(len(batch))
         batch.clear()
-        if not estimated and done >= min(SAMPLE_IMAGES, len(todo)):
+        now = time.perf_counter()
+        if estimated:
+            return
+        if mark is None:
+            mark = (now, done)
+        elif done - mark[1] >= SAMPLE_IMAGES:
             estimated = True
-            per_image = (time.perf_counter() - t0) / done
-            on_estimate(len(todo), per_image * len(todo))
+            per_image = (now - mark[0]) / (done - mark[1])
+            on_estimate(len(todo), now - t0 + per_image * (len(todo) - done))
 
-    size = min(batch_size, SAMPLE_IMAGES) if on_estimate else batch_size
-    for image, digest, result in _decoded(todo, spec, workers, ahead=4 * batch_size):
+    for image, digest, result in _decoded(todo, spec, workers, 4 * batch_size, on_decoded):
         if isinstance(result, str):
             failed[image.relpath] = result
             bar.update(1)
             continue
         batch.append((image, digest, result))
-        if len(batch) >= size:
+        if len(batch) >= batch_size:
             flush()
-            size = batch_size
     if batch:
         flush()
+    if not estimated:  # too few images to time a sample: what it took is the estimate
+        on_estimate(len(todo), time.perf_counter() - t0)
     bar.close()

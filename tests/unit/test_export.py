@@ -17,6 +17,7 @@ from training.export import (
     check_parity,
     fold_standardisation,
     fuse,
+    head_reference,
     torch_reference,
 )
 
@@ -148,6 +149,18 @@ def test_torch_reference_matches_the_numpy_reference() -> None:
     np.testing.assert_allclose(
         torch_reference(extractor, layers, batch), _reference(layers, batch), atol=1e-6
     )
+
+
+def test_head_reference_on_cached_features_is_what_the_fused_graph_gives_from_pixels() -> None:
+    """The warm-run check: no torch backbone, the cached features of the batch are the reference's input."""
+    layers = _layers([3, 5, 2])
+    batch = _batch(4)
+    features = batch.astype(np.float32).mean(axis=(1, 2))  # what the backbone graph computed and cached
+    reference = head_reference(features, layers)
+    np.testing.assert_allclose(reference, _reference(layers, batch), atol=1e-6)
+    assert check_parity(fuse(_fake_backbone(), layers, output_name="scores"), reference, batch, SPEC) < 1e-5
+    with pytest.raises(ExportError):  # features of other images: the check fails, nothing is written
+        check_parity(fuse(_fake_backbone(), layers, output_name="scores"), reference[::-1], batch, SPEC)
 
 
 def test_check_parity_passes_within_tolerance() -> None:

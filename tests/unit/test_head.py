@@ -10,14 +10,15 @@ import torch
 
 from training.config import TrainConfig
 from training.head import (
-    AdamW,
-    EarlyStop,
     StackedHead,
+    bce_with_logits,
     estimate_steps,
     fold_assignment,
     oof_scores,
+    sigmoid,
     train_heads,
 )
+from training.optim import AdamW, EarlyStop
 
 
 def _separable(n: int = 200, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +63,7 @@ def test_fold_assignment_is_all_minus_one_when_disabled(n: int, k: int) -> None:
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_stacked_head_output_is_heads_by_rows_by_labels(kind: str) -> None:
     head = StackedHead(4, 16, 3, kind=kind, hidden=8, dropout=0.0)
-    assert head(torch.zeros(7, 16)).shape == (4, 7, 3)
+    assert head(np.zeros((7, 16), np.float32)).shape == (4, 7, 3)
 
 
 def test_linear_head_weights_are_one_in_by_out_layer() -> None:
@@ -70,19 +71,17 @@ def test_linear_head_weights_are_one_in_by_out_layer() -> None:
     [(w, b)] = head.weights(1)
     assert (w.shape, b.shape) == ((16, 3), (3,))
     x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
-    with torch.no_grad():
-        np.testing.assert_allclose(head(torch.from_numpy(x))[1].numpy(), x @ w + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head(x)[1], x @ w + b, rtol=1e-5, atol=1e-5)
 
 
 def test_mlp_head_weights_are_two_layers_whose_numpy_forward_matches() -> None:
-    head = StackedHead(3, 16, 4, kind="mlp", hidden=8, dropout=0.5).eval()
+    head = StackedHead(3, 16, 4, kind="mlp", hidden=8, dropout=0.5)  # dropout acts in training only
     layers = head.weights(2)
     assert [(w.shape, b.shape) for w, b in layers] == [((16, 8), (8,)), ((8, 4), (4,))]
     x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
     (w1, b1), (w2, b2) = layers
     expected = np.maximum(x @ w1 + b1, 0) @ w2 + b2
-    with torch.no_grad():
-        got = head(torch.from_numpy(x))[2].numpy()
+    got = head(x)[2]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -90,7 +89,7 @@ def test_weights_are_copies_not_views() -> None:
     head = StackedHead(2, 4, 2, kind="linear", hidden=8, dropout=0.0)
     [(w, _)] = head.weights(1)
     w[:] = 123.0
-    assert not torch.any(head.w1 == 123.0)
+    assert not np.any(head.w1 == 123.0)
     assert w.flags.c_contiguous  # a column block of the stacked matrix, copied out whole
 
 
@@ -155,7 +154,7 @@ def test_on_epoch_is_called_once_per_epoch_with_the_history_row() -> None:
 def test_one_head_per_fold_plus_the_full_head() -> None:
     x, y = _separable(260)
     res = train_heads(x[:200], y[:200], x[200:], y[200:], _cfg(max_epochs=2), fold_assignment(200, 4, 0))
-    assert res.best.n_heads == 5 and res.best(torch.zeros(2, 16)).shape == (5, 2, 3)
+    assert res.best.n_heads == 5 and res.best(np.zeros((2, 16), np.float32)).shape == (5, 2, 3)
     no_folds = train_heads(x[:200], y[:200], x[200:], y[200:], _cfg(max_epochs=2), fold_assignment(200, 1, 0))
     assert no_folds.best.n_heads == 1
 
@@ -168,7 +167,7 @@ def test_fold_heads_learn_only_from_rows_outside_their_fold() -> None:
     y = np.stack([folds == 0, folds == 1], axis=1).astype(np.float32)
     x = np.zeros((120, 4))
     res = train_heads(x, y, x[:10], y[:10], _cfg(lr=0.1, max_epochs=60), folds)
-    scores = torch.sigmoid(res.last(torch.zeros(1, 4)))[:, 0].detach().numpy()  # (H, L)
+    scores = sigmoid(res.last(np.zeros((1, 4), np.float32)))[:, 0]  # (H, L)
     assert scores[1, 0] < 0.1 and scores[1, 1] > 0.9
     assert scores[2, 0] > 0.9 and scores[2, 1] < 0.1
     np.testing.assert_allclose(scores[0], [0.5, 0.5], atol=0.05)
@@ -194,19 +193,48 @@ def test_a_fold_head_is_untouched_by_the_labels_of_its_own_fold(kind: str) -> No
 
 
 def test_adamw_takes_the_same_steps_as_torch_optim_adamw() -> None:
-    torch.manual_seed(0)
-    ours, theirs = (StackedHead(3, 6, 2, kind="mlp", hidden=4, dropout=0.0) for _ in range(2))
-    theirs.load_state_dict(ours.state_dict())
-    opt = AdamW(list(ours.parameters()), lr=0.05, weight_decay=0.01)
-    ref = torch.optim.AdamW(theirs.parameters(), lr=0.05, weight_decay=0.01)
-    x = torch.randn(8, 6)
-    for _ in range(5):
-        for model, o in ((ours, opt), (theirs, ref)):
-            o.zero_grad()
-            model(x).pow(2).mean().backward()
-            o.step()
-    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)]
+    ours = [p.copy() for p in start]
+    theirs = [torch.tensor(p, requires_grad=True) for p in start]
+    opt = AdamW(ours, lr=0.05, weight_decay=0.01)
+    ref = torch.optim.AdamW(theirs, lr=0.05, weight_decay=0.01)
+    for step in range(6):
+        grads = [rng.normal(size=p.shape).astype(np.float32) * (step + 1) for p in start]
+        opt.step(grads)
+        for t, g in zip(theirs, grads, strict=True):
+            t.grad = torch.from_numpy(g)
+        ref.step()
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_backward_matches_finite_differences(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    head = StackedHead(3, 5, 2, kind=kind, hidden=4, dropout=0.0, rng=rng)
+    head.params[:] = [p.astype(np.float64) for p in head.params]  # exact arithmetic for the check
+    head.w1, head.b1 = head.params[:2]
+    if kind == "mlp":
+        head.w2, head.b2 = head.params[2:]
+    x = rng.normal(size=(6, 5))
+    y = (rng.random((6, 2)) < 0.5).astype(np.float64)
+
+    def loss() -> float:
+        return float(bce_with_logits(head(x), y).sum())
+
+    logits, cache = head.forward(x)
+    grads = head.backward(cache, sigmoid(logits) - y)
+    for p, g in zip(head.params, grads, strict=True):
+        numeric = np.zeros_like(p)
+        for i in np.ndindex(p.shape):
+            keep = p[i]
+            p[i] = keep + 1e-6
+            up = loss()
+            p[i] = keep - 1e-6
+            numeric[i] = (up - loss()) / 2e-6
+            p[i] = keep
+        np.testing.assert_allclose(g, numeric, rtol=1e-4, atol=1e-6)
 
 
 # --- EarlyStop ------------------------------------------------------------------------------------------
@@ -235,9 +263,8 @@ def test_early_stop_with_patience_0_never_stops() -> None:
 
 def test_oof_scores_take_each_row_from_the_head_that_left_its_fold_out() -> None:
     head = StackedHead(4, 2, 1, kind="linear", hidden=8, dropout=0.0)
-    with torch.no_grad():
-        head.w1.zero_()
-        head.b1.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))  # head h outputs the constant logit h
+    head.w1[:] = 0
+    head.b1[:] = [0.0, 1.0, 2.0, 3.0]  # head h outputs the constant logit h
     folds = np.array([2, 0, 1, 1, 0, 2])
     x = np.random.default_rng(0).normal(size=(6, 2))
     got = oof_scores(head, x, folds, np.zeros(2), np.ones(2))

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from training import artifacts, backbone
-from training.backbone import BACKBONES, FeatureExtractor, backbone_onnx, choice
+from training import artifacts, extractor
+from training.backbone import BACKBONES, backbone_onnx, choice
 from training.data.sources import ImageFile
+from training.extractor import FeatureExtractor
 from training.features import FeatureCache, cache_key, compute_features
 
 
@@ -40,7 +41,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(name)
         return FeatureExtractor(TinyNet(), spec).eval()
 
-    monkeypatch.setattr(backbone, "load_backbone", fake)
+    monkeypatch.setattr(extractor, "load_backbone", fake)
     return calls
 
 
@@ -144,3 +145,40 @@ def test_feature_cache_reads_what_it_wrote_and_refuses_damaged_entries(tmp_path:
     assert reader.load(list(vectors)[0]) is None and reader.load(list(vectors)[1]) is None
     assert reader.load("ab" + "0" * 62) is None  # never cached
     np.testing.assert_array_equal(reader.load(list(vectors)[2]), vectors[list(vectors)[2]])
+
+
+def test_thumbnails_made_from_the_feature_pass_arrays_need_no_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.preprocess import load_image
+
+    xs = np.linspace(0, 255, 300)[None, :, None]
+    ys = np.linspace(0, 255, 200)[:, None, None]
+    picture = np.concatenate([np.broadcast_to(xs, (200, 300, 1)), np.broadcast_to(ys, (200, 300, 1))] * 2, 2)
+    path = tmp_path / "ramp.jpg"
+    Image.fromarray(picture[..., :3].astype(np.uint8)).save(path, quality=95)
+    digest = "cd" * 32
+    cache = artifacts.ThumbnailCache(tmp_path / "cache")
+    cache.put_array(digest, path, load_image(path, choice("lite0").preprocessing()))  # as fit's pass does
+    direct = artifacts._thumbnail(path)
+    monkeypatch.setattr(artifacts, "_thumbnail", lambda p: pytest.fail(f"decoded {p} again"))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    paths, digests = {"ramp.jpg": path}, {"ramp.jpg": digest}
+    artifacts.write_thumbnails(workdir, ["ramp.jpg"], paths, 1, digests=digests, cache_dir=tmp_path / "cache")
+    with zipfile.ZipFile(workdir / artifacts.THUMBNAILS) as zf:
+        got = Image.open(io.BytesIO(zf.read("000000.jpg")))
+    want = Image.open(io.BytesIO(direct))
+    assert got.size == want.size == (192, 128)  # the photo's aspect, not the square model input's
+    assert np.abs(np.asarray(got, float) - np.asarray(want, float)).mean() < 3  # the same picture
+
+
+def test_a_thumbnail_from_an_array_keeps_the_upright_aspect_of_a_rotated_photo(tmp_path: Path) -> None:
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 300 x 200, shown 200 x 300
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(path, exif=exif)
+    cache = artifacts.ThumbnailCache(tmp_path / "cache")
+    cache.put_array("ab" * 32, path, np.zeros((224, 224, 3), np.uint8))
+    with Image.open(io.BytesIO(cache.get("ab" * 32, path))) as thumb:
+        assert thumb.size == (128, 192)

@@ -176,3 +176,29 @@ def test_cached_features_are_reused_and_counted(tmp_path: Path) -> None:
     assert (first.cached, first.computed) == (0, 2) and (again.cached, again.computed) == (2, 0)
     assert again.names == first.names and list(again.failed) == ["bad.jpg"]
     np.testing.assert_array_equal(again.features, first.features)
+
+
+@pytest.mark.parametrize(("n", "at_end"), [(100, False), (5, True)])
+def test_the_feature_time_is_estimated_once(tmp_path: Path, n: int, at_end: bool) -> None:
+    """After a first batch left out and a timed sample; a set too small for that reports its time."""
+    images = _folder(tmp_path, {f"{i:03d}.jpg": _jpeg((i, 2 * i, 3)) for i in range(n)})
+    onnx_path = _mean_colour_onnx(tmp_path / "mean.onnx")
+    calls: list[tuple[int, float, int]] = []
+    progress: list[str] = []
+
+    def on_estimate(count: int, seconds: float) -> None:
+        calls.append((count, seconds, len(progress)))
+
+    compute_features(
+        images,
+        onnx_path=onnx_path,
+        spec=SPEC,
+        cache_root=tmp_path / "cache",
+        batch_size=8,
+        workers=1,
+        on_estimate=on_estimate,
+        on_decoded=lambda image, digest, array: progress.append(image.relpath),
+    )
+    [(count, seconds, decoded_by_then)] = calls
+    assert count == n and seconds > 0
+    assert decoded_by_then == n if at_end else decoded_by_then < n  # before the bulk of the pass
