@@ -20,12 +20,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from studiokit import SERVED, StudioServer
+from support.browser import chromium
 
 pytestmark = pytest.mark.slow
 
 SAMPLE = Path(__file__).resolve().parents[2] / "training" / "sample"
-CHROMIUM = os.environ.get("MANYLABEL_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 TIMEOUT_MS = 30_000
 JOB_TIMEOUT_MS = 420_000  # a few-second budget; features, start-up and export on a busy 2-core box
 NAME = "studio-page"
@@ -46,18 +45,8 @@ def sample_labels() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the page tests need Playwright's driver: .venv/bin/pip install playwright")
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"the page tests need Chromium at {CHROMIUM}: apt-get install -y chromium")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,38 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 from kit import LABELS, N_TRAIN, N_VALIDATION, TOKEN, Server, image_bytes
+from support.browser import chromium
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("MANYLABEL_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 15_000
 
 
-@contextmanager
-def chromium() -> Iterator:
-    """Headless Chromium through Playwright; fails (never skips) when either is missing."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the page tests need Playwright's driver: .venv/bin/pip install playwright")
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"the page tests need Chromium at {CHROMIUM}: apt-get install -y chromium")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @contextmanager
