@@ -47,6 +47,10 @@ class TrainConfig:
     cache_dir: Path | None = knob(None, "feature + backbone cache (default ~/.cache/manylabel)")
     workdir: Path | None = knob(None, "keep the run's files here too (default: a temp dir only)")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "where the backbone and head run")
+    int8: Literal["auto", "off"] = knob(
+        "auto", "auto: add calibrated int8 variants of best and last when they keep validation quality"
+    )
+    dataset: str | None = knob(None, "where the labels came from, kept in the manifest (studio: ID@VERSION)")
     # fmt: on
 
     def to_json(self) -> dict:
