@@ -5,7 +5,7 @@ GET    /datasets                    every dataset: id, name, version, images, la
 GET    /datasets/{id}               one of them
 POST   /datasets/{id}/images        multipart: more images (and optionally labels)
 POST   /datasets/{id}/labels        multipart: a labels CSV; each image a row names gets that row's labels
-GET    /datasets/{id}/labels.csv    the labels now, in the training CSV format
+GET    /datasets/{id}/labels.csv    ?version=N: the labels now (or at version N), in the training CSV format
 POST   /jobs/estimate               JSON job request -> label counts, images to featurise, seconds, steps
 POST   /jobs                        JSON job request -> 202 {"id", "state": "queued"}
 GET    /jobs                        every job, newest first
@@ -13,8 +13,38 @@ GET    /jobs/{id}                   state, stage, progress, epoch, losses, ETA, 
 GET    /jobs/{id}/events            the same, as server-sent events, until the job ends
 DELETE /jobs/{id}                   cancel: a queued job at once, a running one is stopped (no model left)
 
-Writes (POST except /jobs/estimate, DELETE) pass `service.server.http.guard.check_writer`. Every refusal is
-`RequestError.to_dict()` ``{"error", "field"}`` with its 4xx status, as everywhere in manylabel.
+Labelling and suspects (`labelling_routes.py`; `model` below is the newest model a finished studio job
+trained on the dataset, "NAME:VERSION", or null):
+GET    /datasets/{id}/images        ?filter=all|unlabelled|suspects&label=L&page=N (from 1)&page_size=M (60,
+                                    at most 500) -> {"dataset", "version", "filter", "label", "page",
+                                    "page_size", "total", "labels": [every label of the dataset], "model",
+                                    "images": [{"id", "name", "labels", "labelled", "suggestions": [{"label",
+                                    "score", "threshold"}], "suspects": [{"label", "kind", "score",
+                                    "threshold"}]}]}; by name, `suspects` in suspect rank order; suggestions
+                                    only for unlabelled images (labels at or above the threshold)
+GET    /datasets/{id}/images/{image_id}            one image as above + "version", "model",
+                                    "history": [{"version", "labels", "source", "at"}] (oldest first)
+GET    /datasets/{id}/images/{image_id}/thumbnail  JPEG, at most 256 px on its long side, long Cache-Control
+PATCH  /datasets/{id}/images/{image_id}  {"add": [...], "remove": [...]} or {"labels": [...]} ->
+                                    {"id", "name", "labels", "labelled": true, "version"}
+POST   /datasets/{id}/images/labels {"images": [ids], "add": [...], "remove": [...]} -> {"changed", "version"}
+GET    /datasets/{id}/suspects      ?model=NAME:VERSION (or NAME)&limit=N (100, at most 500) -> {"dataset",
+                                    "version", "model", "total", "suspects": [{"image_id", "name", "label",
+                                    "kind": "missing"|"wrong", "score", "threshold"}]}, most suspicious first
+POST   /datasets/{id}/suspects/decisions  [{"image_id", "label", "decision": "accept"|"reject"}] ->
+                                    {"accepted", "rejected", "version"}
+POST   /datasets/{id}/retrain       -> 202 {"id", "state": "queued", "model_name"}: the newest job's request
+                                    on this dataset, on the labels now (409 while that name trains)
+
+Label changes: each request is one transaction and bumps the dataset's version once (none when nothing
+changes); new labels join the dataset's list; a label name must survive the CSV export (see
+`labelling.py`). Unknown dataset, image, model or version: 404 naming `id`, `image_id` (bulk:
+`images[i]`; decisions: `[i].image_id`), `model` or `version`. A malformed body: 400 naming its field
+(`add[2]`, `[0].decision`, ...). Suspects and suggestions use the best model's thresholds from the
+manifest.
+
+Writes (POST except /jobs/estimate, PATCH, DELETE) pass `service.server.http.guard.check_writer`. Every
+refusal is `RequestError.to_dict()` ``{"error", "field"}`` with its 4xx status, as everywhere in manylabel.
 """
 
 from __future__ import annotations
@@ -23,13 +53,14 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from service.errors import RequestError
 from service.server.http.guard import check_writer
+from service.studio.labelling_routes import router as labelling_router
 from service.studio.plan import JobSpec
 from service.studio.settings import get_studio_settings
 from service.studio.studio import Studio
@@ -95,6 +126,9 @@ studio_app = FastAPI(
 )
 
 
+studio_app.include_router(labelling_router)
+
+
 def _studio(request: Request) -> Studio:
     return request.app.state.studio
 
@@ -157,9 +191,13 @@ async def merge_labels(request: Request, id: int) -> Response:
 
 
 @studio_app.get("/datasets/{id}/labels.csv", response_class=Response)
-async def labels_csv(request: Request, id: int) -> Response:
-    text = await in_thread(_studio(request).store.labels_csv, id)
-    headers = {"Content-Disposition": f'attachment; filename="dataset-{id}-labels.csv"'}
+async def labels_csv(
+    request: Request, id: int, version: int | None = Query(None, description="the labels at this version")
+) -> Response:
+    """The labels now, or as they were at a version of the dataset (every change bumps it)."""
+    text = await in_thread(_studio(request).store.labels_csv, id, version)
+    suffix = "" if version is None else f"-v{version}"
+    headers = {"Content-Disposition": f'attachment; filename="dataset-{id}{suffix}-labels.csv"'}
     return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
 
 

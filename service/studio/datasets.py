@@ -37,6 +37,7 @@ from service.studio.changes import (
     unknown_dataset,
 )
 from service.studio.db import Database
+from service.studio.labelling import labels_at
 
 logger = logging.getLogger("bentoml.manylabel")
 
@@ -218,10 +219,22 @@ class DatasetStore:
             }
         return Snapshot(head["id"], head["name"], head["version"], labels, images)
 
-    def labels_csv(self, dataset: int) -> str:
-        """GET /datasets/{id}/labels.csv: every labelled image and its labels, in the training format."""
-        snap = self.snapshot(dataset)
-        return write_labels((name, im.labels) for name, im in snap.labelled().items())
+    def labels_csv(self, dataset: int, version: int | None = None) -> str:
+        """GET /datasets/{id}/labels.csv[?version=N]: every labelled image and its labels, in the training
+        format, now or as they were at version N (rebuilt from the label history)."""
+        if version is None:
+            snap = self.snapshot(dataset)
+            return write_labels((name, im.labels) for name, im in snap.labelled().items())
+        now = self.summary(dataset)["version"]
+        if version < 0:
+            raise RequestError(f"version: {version} is not a version (0 to {now})", field="version")
+        if version > now:
+            raise RequestError(
+                f"version: dataset {dataset} is at version {now}; {version} does not exist yet",
+                field="version",
+                status=404,
+            )
+        return write_labels(labels_at(self.db, dataset, version))
 
     # --- files ----------------------------------------------------------------------------------
 

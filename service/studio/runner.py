@@ -64,13 +64,15 @@ class Runner:
         self._cancelled: set[int] = set()
         self._finished: dict[int, asyncio.Event] = {}
         self._lock_file: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- life cycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
         self._lock()
         self.recover()
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="manylabel-studio-jobs")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run_queue(), name="manylabel-studio-jobs")
 
     async def stop(self) -> None:
         """The server is stopping: a running job's processes are killed and the job failed."""
@@ -120,7 +122,9 @@ class Runner:
     # --- the queue ------------------------------------------------------------------------------
 
     def submitted(self) -> None:
-        self._wake.set()
+        """A job was queued (called from a request's worker thread: the loop is woken thread-safely)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def cancel(self, job: int) -> None:
         """Stop a job: a queued one at once; a running one's process group, then wait for its end."""
@@ -135,7 +139,7 @@ class Runner:
         _stop_group(self._proc, STOP_GRACE_S)
         await finished.wait()
 
-    async def _loop(self) -> None:
+    async def _run_queue(self) -> None:
         while True:
             job = self.book.next_queued()
             if job is None:
@@ -224,6 +228,8 @@ def train_command(job: dict[str, Any], folder: Path, cache: Path) -> list[str]:
         repr(float(spec["minutes"])),
     ]
     cmd += ["--workdir", str(folder / WORK), "--cache-dir", str(cache)]
+    if job.get("dataset") is not None:  # the labels' provenance, kept in the manifest
+        cmd += ["--dataset", f"{job['dataset']}@{job['dataset_version']}"]
     if (folder / "validation.csv").exists():
         cmd += ["--val-labels", str(folder / "validation.csv")]
     elif spec.get("val_size") is not None:

@@ -6,6 +6,7 @@ the server stops. The routes (`routes.py`) call these methods; the slow ones in 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -13,14 +14,18 @@ import threading
 import uuid
 from pathlib import Path
 
+from service.errors import RequestError
 from service.server.settings import get_settings
 from service.studio.datasets import DatasetStore
 from service.studio.db import Database
 from service.studio.export import export_job, to_featurise
 from service.studio.jobs import JobBook
+from service.studio.labelling import images_by_id
 from service.studio.plan import Estimate, JobSpec, Plan, estimate, plan
 from service.studio.runner import Runner
 from service.studio.settings import StudioSettings
+from service.studio.suggestions import thumbnail
+from service.studio.suspects import Rankings
 
 logger = logging.getLogger("bentoml.manylabel")
 
@@ -32,6 +37,7 @@ class Studio:
         self.store = DatasetStore(self.db, settings.images, max_pixels=get_settings().max_pixels)
         self.book = JobBook(self.db)
         self.runner = Runner(self.book, settings.data, settings.cache)
+        self.rankings = Rankings()  # suspects of the models trained on the datasets, computed once each
         self._submitting = threading.Lock()
 
     def open(self) -> None:
@@ -88,8 +94,34 @@ class Studio:
         self.runner.submitted()
         return job
 
+    def retrain(self, dataset: int) -> tuple[int, str]:
+        """POST /datasets/{id}/retrain: the newest job's request on this dataset again, on its labels now."""
+        self.store.summary(dataset)  # 404 for an unknown dataset
+        row = self.db.one("SELECT spec FROM jobs WHERE dataset = ? ORDER BY id DESC LIMIT 1", (dataset,))
+        if row is None:
+            raise RequestError(
+                f"id: dataset {dataset} has had no training job to repeat; start one with POST /jobs",
+                field="id",
+                status=404,
+            )
+        spec = JobSpec.parse({**json.loads(row["spec"]), "dataset": dataset}, need_name=True)
+        assert spec.name is not None
+        return self.submit(spec), spec.name
+
     def folder(self, job: int) -> Path:
         return self.runner.folder(job)
+
+    # --- images ---------------------------------------------------------------------------------
+
+    def thumbnail(self, dataset: int, image: int) -> tuple[str, bytes]:
+        """(sha256, JPEG) of an image's thumbnail, made once per content (see `suggestions.py`)."""
+        self.store.summary(dataset)
+        (found,) = images_by_id(self.db, dataset, [image])
+        folder = self.settings.data / "thumbnails"
+        data = thumbnail(
+            folder, self.store.blob_path(found.sha256), found.sha256, max_pixels=self.store.max_pixels
+        )
+        return found.sha256, data
 
 
 def _move(staging: Path, folder: Path) -> None:

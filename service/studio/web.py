@@ -86,8 +86,6 @@ async def on_bug(request: Request, exc: Exception) -> Response:
 # --- writes -------------------------------------------------------------------------------------
 
 
-
-
 async def json_body(request: Request) -> Any:
     return await read_json(request, MAX_JSON_BYTES)
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -105,3 +107,87 @@ class StudioServer:
             except OSError:
                 continue
         return commands
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
+
+
+def colour_images(
+    n: int = 48, *, seed: int = 0, size: int = 64
+) -> tuple[dict[str, bytes], dict[str, list[str]]]:
+    """`n` JPEGs a model learns in seconds: grey noise with a square of each colour the image is
+    labelled with (red, green, blue, each in its own quadrant). -> ({name: bytes}, {name: labels})."""
+    rng = np.random.default_rng(seed)
+    images, labels = {}, {}
+    half = size // 2
+    for i in range(n):
+        present = [c for c in COLOURS if rng.random() < 0.5] or [list(COLOURS)[i % len(COLOURS)]]
+        pixels = rng.integers(110, 150, (size, size, 3), dtype=np.uint8)
+        for colour, quadrant in zip(present, rng.permutation(4), strict=False):
+            y, x = divmod(int(quadrant), 2)
+            pixels[y * half + 3 : (y + 1) * half - 3, x * half + 3 : (x + 1) * half - 3] = COLOURS[colour]
+        out = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(out, format="JPEG", quality=90)
+        name = f"img-{i:03d}.jpg"
+        images[name] = out.getvalue()
+        labels[name] = sorted(present)
+    return images, labels
+
+
+SHAPES = ("red", "green", "blue")  # a red disc, a green triangle, a blue square
+
+
+def shape_image(seed: int, labels: list[str], size: int = 96) -> bytes:
+    """A JPEG on a plain background with a shape for each label, each in its own quadrant: features
+    separate them cleanly, so a small head learns them in seconds and a flipped label stands out."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(100, 180, 3)
+    pixels = np.clip(base + rng.integers(-6, 7, (size, size, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(img)
+    half = size // 2
+    for label, cell in zip(labels, rng.permutation(4), strict=False):
+        side = int(rng.integers(28, half - 8))
+        x = half * int(cell % 2) + int(rng.integers(0, half - side))
+        y = half * int(cell // 2) + int(rng.integers(0, half - side))
+        box = [x, y, x + side, y + side]
+        if label == "red":
+            draw.ellipse(box, fill=(220, 30, 30))
+        elif label == "green":
+            draw.polygon([(x, y + side), (x + side, y + side), (x + side // 2, y)], fill=(30, 200, 40))
+        else:
+            draw.rectangle(box, fill=(30, 60, 230))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def shape_images(n: int, *, seed: int = 0, prefix: str = "im") -> dict[str, tuple[bytes, list[str]]]:
+    """`n` shape images with their true labels (each shape with probability 0.45): name -> (JPEG, labels)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        labels = [s for s in SHAPES if rng.random() < 0.45]
+        out[f"{prefix}{i:03d}.jpg"] = (shape_image(seed * 100_003 + i, labels), labels)
+    return out
+
+
+def refused(response: Any, status: int, field: str | None) -> str:
+    """Assert the one error body with this status and field; -> its message."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) <= {"error", "field", "file"} and body["field"] == field, body
+    return body["error"]
+
+
+def wait_job(client: Any, job: int, limit_s: float = 300.0) -> dict:
+    """Poll GET /jobs/{job} until the job has ended; -> its view."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        view = client.get(f"/jobs/{job}").json()
+        if view["state"] in ("done", "failed", "cancelled"):
+            return view
+        assert time.monotonic() < deadline, f"job {job} did not end within {limit_s} s: {view}"
+        time.sleep(0.5)

@@ -124,3 +124,100 @@ def store_history():
     from service.studio.plan import History
 
     return History()
+
+
+# --- schema 2: image ids, label edits, the labels at any version ------------------------------------
+
+# The tables manylabel's first studio wrote (schema 1, PRAGMA user_version = 1), as they were.
+SCHEMA_1 = """
+CREATE TABLE datasets (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    version INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+CREATE TABLE images (dataset INTEGER NOT NULL REFERENCES datasets(id), name TEXT NOT NULL,
+    sha256 TEXT NOT NULL REFERENCES blobs(sha256), added INTEGER NOT NULL,
+    labelled INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (dataset, name));
+CREATE INDEX images_by_sha ON images(sha256);
+CREATE TABLE labels (dataset INTEGER NOT NULL REFERENCES datasets(id), label TEXT NOT NULL,
+    PRIMARY KEY (dataset, label));
+CREATE TABLE image_labels (dataset INTEGER NOT NULL, name TEXT NOT NULL, label TEXT NOT NULL,
+    PRIMARY KEY (dataset, name, label), FOREIGN KEY (dataset, name) REFERENCES images(dataset, name));
+CREATE TABLE label_events (id INTEGER PRIMARY KEY, dataset INTEGER NOT NULL, name TEXT NOT NULL,
+    version INTEGER NOT NULL, labels TEXT NOT NULL, source TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX label_events_by_image ON label_events(dataset, name, id);
+CREATE TABLE featurised (sha256 TEXT NOT NULL, backbone TEXT NOT NULL, job INTEGER NOT NULL,
+    PRIMARY KEY (sha256, backbone));
+CREATE TABLE jobs (id INTEGER PRIMARY KEY, dataset INTEGER NOT NULL REFERENCES datasets(id),
+    dataset_version INTEGER NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
+    view TEXT NOT NULL DEFAULT '{}', model TEXT, error TEXT, pid INTEGER, created REAL NOT NULL,
+    started REAL, finished REAL, measured TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX jobs_by_state ON jobs(state, id);
+"""
+
+
+def schema_1_database(root: Path) -> None:
+    """A studio database as schema 1 left it: dataset 'a' (b.jpg, c.jpg labelled, a.jpg not) and a job."""
+    import sqlite3
+
+    root.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(root / "studio.db")
+    conn.executescript(SCHEMA_1)
+    conn.execute("INSERT INTO datasets VALUES (1, 'a', 2, 0)")
+    conn.executemany("INSERT INTO blobs VALUES (?, 10)", [("s1",), ("s2",)])
+    rows = [(1, "c.jpg", "s1", 1, 1), (1, "a.jpg", "s2", 1, 0), (1, "b.jpg", "s2", 2, 1)]
+    conn.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO labels VALUES (1, ?)", [("cat",), ("dog",)])
+    conn.executemany("INSERT INTO image_labels VALUES (1, ?, ?)", [("c.jpg", "cat"), ("b.jpg", "dog")])
+    events = [("c.jpg", 1, '["cat", "dog"]'), ("c.jpg", 2, '["cat"]'), ("b.jpg", 2, '["dog"]')]
+    conn.executemany(
+        "INSERT INTO label_events (dataset, name, version, labels, source, at) "
+        "VALUES (1, ?, ?, ?, 'csv:x', 0)",
+        events,
+    )
+    conn.execute(
+        "INSERT INTO jobs (dataset, dataset_version, name, spec, state, created) "
+        "VALUES (1, 2, 'm', '{}', 'done', 0)"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_1_database_is_migrated_in_place_with_stable_image_ids(tmp_path: Path) -> None:
+    from service.studio.labelling import Change, edit
+
+    schema_1_database(tmp_path)
+    store = new_store(tmp_path)
+    db = store.db
+    assert db.one("PRAGMA user_version")[0] == 2
+    assert db.all("PRAGMA foreign_key_check") == []
+    ids = {r["name"]: r["id"] for r in db.all("SELECT id, name FROM images")}
+    assert ids == {"c.jpg": 1, "a.jpg": 2, "b.jpg": 3}, "the old rowids became the ids"
+    assert store.labels_csv(1).splitlines() == ["filename", "b.jpg,dog", "c.jpg,cat"]
+    assert store.labels_csv(1, 1).splitlines() == ["filename", "c.jpg,cat,dog"]
+    assert db.one("SELECT dataset_version FROM jobs")[0] == 2
+    after, changed, version = edit(db, 1, [ids["a.jpg"]], Change(add=("bird",)), "edit", ["image_id"])
+    assert (changed, version, after[0].labels) == (1, 3, frozenset({"bird"}))
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO decisions VALUES (1, 1, 'cat', 'reject', NULL, 0)")
+    db.close()
+    store = new_store(tmp_path)  # opened again: already at 2, nothing migrates twice
+    added = store.add(1, files(**{"d.jpg": jpeg(4)}), None)
+    assert added["version"] == 4
+    store.db._conn.execute("VACUUM")
+    ids_after = {r["name"]: r["id"] for r in store.db.all("SELECT id, name FROM images")}
+    assert ids_after == {**ids, "d.jpg": 4}, "ids survive VACUUM; a new image gets a new one"
+
+
+def test_label_names_are_the_ones_the_csv_export_reads_back(tmp_path: Path) -> None:
+    from service.labels_csv import read_labels
+    from service.studio.labelling import Change, edit, label_problem
+
+    odd = ("=cmd()", "'=x", "a,b", 'say "hi"', "-1", "filename", "ünï")
+    assert [label_problem(x) for x in odd] == [None] * len(odd)
+    for bad in ("", " cat", "cat ", "a\tb", "x" * 201):
+        assert label_problem(bad), bad
+    store = new_store(tmp_path)
+    ds = store.create("a", files(**{"a.jpg": jpeg(1)}), None)
+    edit(store.db, ds["id"], [1], Change(add=odd), "edit", ["image_id"])
+    table = read_labels(store.labels_csv(ds["id"]).encode())
+    assert table.rows == {"a.jpg": frozenset(odd)}
