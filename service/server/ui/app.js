@@ -56,6 +56,7 @@ class Page {
       this.datasets = new DatasetsView({
         onTrain: (id) => (location.hash = `#train/${encodeURIComponent(id)}`),
         limits: () => ({ maxFiles: this.upload.maxFiles, maxBytes: this.upload.maxBytes }),
+        onRetrain: (job) => this.jobs.follow(job.id, job.model_name),
       });
       this.train = new TrainView({
         datasets: this.datasets,

@@ -1,15 +1,17 @@
-// Datasets (the studio): create one from dropped or picked images, a folder or a .zip and a labels
-// CSV; see its images with their labels and its label counts, each with a tick box that decides
-// whether training includes the label; add images or labels later.
+// Datasets (the studio): the list, and one dataset: its label counts, each with a tick box that
+// decides whether training includes the label; more images or labels; its images to label in the
+// page (labelling.js) and a retrain on them (retrain.js). A new dataset: newdataset.js.
 
 import { getJSON } from "./api.js";
-import { countLabels, labelsFor, labelsOf, parseCsv } from "./csv.js";
-import { $, bytes, clear, h } from "./dom.js";
-import { dropzone, isCsv, isImage, isZip, named } from "./files.js";
+import { $, clear, h } from "./dom.js";
+import { isImage, isZip, named } from "./files.js";
+import { LabellingView } from "./labelling.js";
 import { showMessage } from "./messages.js";
-import { datasetHref, datasetPath, imageCard, progressIn, sendImages, sendLabels } from "./sending.js";
+import { NewDataset } from "./newdataset.js";
+import { RetrainPanel } from "./retrain.js";
+import { datasetHref, datasetPath, progressIn, sendImages, sendLabels } from "./sending.js";
 
-const MAX_CARDS = 60;
+const COUNTS_DELAY_MS = 300; // labels changed: the counts are asked again once the clicks pause
 
 /** The datasets of GET /datasets, whether it answers a list or {"datasets": [...]}. */
 export function datasetsOf(answer) {
@@ -19,42 +21,35 @@ export function datasetsOf(answer) {
 export class DatasetsView {
   /**
    * `onTrain(id)`: the person wants to train on dataset `id`; `limits()`: {maxFiles, maxBytes} per
-   * request (the server's, as the opened model's summary gives them).
+   * request (the server's, as the opened model's summary gives them); `onRetrain(job)`: a retrain
+   * was queued (the top bar follows it).
    */
-  constructor({ onTrain, limits }) {
+  constructor({ onTrain, limits, onRetrain }) {
     this.onTrain = onTrain;
     this.limits = limits;
     this.rows = [];
     this.current = null;
-    this.pending = []; // [{file, name}] chosen for the new dataset
-    this.labelsFile = null;
     // Both keyed by String(id): the address gives ids as text, the API as numbers.
-    this.local = new Map(); // dataset id -> Map(name -> File): thumbnails of what this page uploaded
     this.excluded = new Map(); // dataset id -> Set(labels) left out of training
     this.problems = new Map(); // dataset id -> the last upload's problems ({file, error} rows)
-    this.urls = { pending: [], detail: [] };
-    this.busy = false;
+    this.timer = null;
+    this.labelling = new LabellingView({ onChanged: () => this.later() });
+    this.retrain = new RetrainPanel({
+      onStarted: (job) => onRetrain?.(job),
+      onDone: (job) => this.retrained(job),
+    });
+    this.form = new NewDataset({
+      limits,
+      onCreated: async (answer) => {
+        this.problems.set(String(answer.id), answer.problems || []);
+        await this.load();
+        location.hash = datasetHref(answer.id);
+      },
+    });
     this.wire();
   }
 
   wire() {
-    const images = $("#dataset-images");
-    dropzone($("#dataset-drop"), images, (given) => this.choose(given));
-    images.addEventListener("change", (e) => {
-      this.choose(named([...e.target.files], []));
-      e.target.value = "";
-    });
-    $("#dataset-folder").addEventListener("change", (e) => {
-      this.choose(named([...e.target.files]));
-      e.target.value = "";
-    });
-    $("#dataset-labels").addEventListener("change", (e) => {
-      this.labelsFile = e.target.files[0] || null;
-      this.renderPending();
-    });
-    $("#dataset-name").addEventListener("input", () => this.syncCreate());
-    $("#dataset-create").addEventListener("click", () => this.create());
-    $("#dataset-reset").addEventListener("click", () => this.resetForm());
     $("#dataset-add-images").addEventListener("change", (e) => {
       const files = named([...e.target.files], []);
       e.target.value = "";
@@ -109,105 +104,21 @@ export class DatasetsView {
     }
   }
 
-  // --- the new dataset ------------------------------------------------------------------------------
-
-  choose(given) {
-    const csvs = given.filter((g) => isCsv(g.file));
-    const ok = given.filter((g) => isImage(g.file) || isZip(g.file));
-    const skipped = given.filter((g) => !ok.includes(g) && !csvs.includes(g));
-    if (csvs.length && !this.labelsFile) {
-      this.labelsFile = csvs[0].file; // a labels CSV inside the dropped folder
-      showMessage(`Using ${csvs[0].name} as the labels CSV.`, { kind: "info" });
-    }
-    if (skipped.length) {
-      const names = skipped.slice(0, 5).map((g) => g.name);
-      const text = `Skipped ${skipped.length} file(s), not an image or a .zip: ${names.join(", ")}`;
-      showMessage(text, { kind: "info" });
-    }
-    const seen = new Set(this.pending.map((g) => g.name));
-    this.pending.push(...ok.filter((g) => !seen.has(g.name)));
-    this.pending.sort((a, b) => a.name.localeCompare(b.name));
-    this.renderPending();
-  }
-
-  resetForm() {
-    this.pending = [];
-    this.labelsFile = null;
-    $("#dataset-name").value = "";
-    this.renderPending();
-  }
-
-  async renderPending() {
-    const n = this.pending.length;
-    const total = this.pending.reduce((sum, g) => sum + g.file.size, 0);
-    const zips = this.pending.filter((g) => isZip(g.file)).length;
-    $("#dataset-summary").textContent = n
-      ? `${n} file${n > 1 ? "s" : ""} (${bytes(total)})${zips ? `, ${zips} zip` : ""}` +
-        (this.labelsFile ? ` · labels: ${this.labelsFile.name}` : " · no labels CSV yet")
-      : this.labelsFile
-        ? `labels: ${this.labelsFile.name} · no images yet`
-        : "no files chosen";
-    this.syncCreate();
-    let table = new Map();
-    if (this.labelsFile) table = labelsOf(parseCsv(await this.labelsFile.text()));
-    for (const url of this.urls.pending.splice(0)) URL.revokeObjectURL(url);
-    const grid = clear($("#dataset-preview"));
-    const images = this.pending.filter((g) => !isZip(g.file));
-    for (const g of images.slice(0, MAX_CARDS)) {
-      grid.append(imageCard(g.name, table.size ? labelsFor(table, g.name) : null, g.file, this.urls.pending));
-    }
-    if (images.length > MAX_CARDS) {
-      grid.append(h("p", { class: "muted", text: `… and ${images.length - MAX_CARDS} more` }));
-    }
-  }
-
-  syncCreate() {
-    $("#dataset-create").disabled = this.busy || !this.pending.length || !$("#dataset-name").value.trim();
-    $("#dataset-reset").disabled = this.busy || (!this.pending.length && !this.labelsFile);
-  }
-
-  async create() {
-    const name = $("#dataset-name").value.trim();
-    if (!name || !this.pending.length || this.busy) return;
-    this.busy = true;
-    this.syncCreate();
-    const given = [...this.pending];
-    let answer;
-    try {
-      answer = await sendImages(given, {
-        create: name,
-        labels: this.labelsFile,
-        limits: this.limits(),
-        progress: progressIn("dataset"),
-      });
-    } finally {
-      this.busy = false;
-    }
-    if (!answer) return this.syncCreate();
-    this.remember(answer.id, given);
-    this.problems.set(String(answer.id), answer.problems || []);
-    this.resetForm();
-    const problems = answer.problems?.length ? `; ${answer.problems.length} problem(s), listed below` : "";
-    showMessage(
-      `Dataset ${answer.name} created: ${answer.images} image(s), ${answer.labelled} labelled${problems}.`,
-      { kind: "info" },
-    );
-    await this.load();
-    location.hash = datasetHref(answer.id);
-  }
-
-  remember(id, given) {
-    const files = this.local.get(String(id)) || new Map();
-    for (const g of given) if (!isZip(g.file)) files.set(g.name, g.file);
-    this.local.set(String(id), files);
-  }
-
   // --- one dataset ----------------------------------------------------------------------------------
 
-  /** Show dataset `id`: its facts, problems, label counts with tick boxes and its images. */
+  /** Show dataset `id`: its facts, problems, label counts with tick boxes and its images to label. */
   async open(id) {
-    const dataset = await getJSON(datasetPath(id), {}, "dataset");
+    const dataset = await this.summary(id);
     if (!dataset) return;
+    this.retrain.use(dataset.id, null);
+    await this.labelling.open(dataset);
+    this.retrain.use(dataset.id, this.labelling.model);
+  }
+
+  /** GET /datasets/{id} and show its facts and counts (not its images). */
+  async summary(id) {
+    const dataset = await getJSON(datasetPath(id), {}, "dataset");
+    if (!dataset) return null;
     this.current = dataset;
     this.renderList();
     $("#dataset-panel").hidden = false;
@@ -223,7 +134,24 @@ export class DatasetsView {
     $("#dataset-csv").setAttribute("href", datasetPath(id, "/labels.csv"));
     this.renderProblems(dataset.problems ?? this.problems.get(String(id)));
     this.renderCounts(dataset);
-    await this.renderImages(dataset);
+    return dataset;
+  }
+
+  /** Labels changed in the grid: the facts, counts and list again, once the clicks pause. */
+  later() {
+    clearTimeout(this.timer);
+    const id = this.current?.id;
+    this.timer = setTimeout(() => {
+      if (id === undefined || String(id) !== String(this.current?.id)) return;
+      Promise.all([this.load(), this.summary(id)]).catch((err) => showMessage(`dataset: ${err.message}`));
+    }, COUNTS_DELAY_MS);
+  }
+
+  /** A retrain finished: the new model's suggestions and suspects, and the counts. */
+  async retrained(job) {
+    if (String(job.dataset ?? this.current?.id) === String(this.current?.id)) {
+      await Promise.all([this.load(), this.summary(this.current.id), this.labelling.load({ keep: true })]);
+    }
   }
 
   /** What the last upload did not use: {file, error} rows. */
@@ -282,37 +210,12 @@ export class DatasetsView {
     $("#dataset-train").disabled = !total || left === total;
   }
 
-  async renderImages(dataset) {
-    let table = new Map();
-    try {
-      const response = await fetch(datasetPath(dataset.id, "/labels.csv"));
-      if (response.ok) table = labelsOf(parseCsv(await response.text()));
-    } catch {
-      // the names and labels are a convenience: the counts above still stand
-    }
-    if (this.current?.id !== dataset.id) return;
-    const local = this.local.get(String(dataset.id)) || new Map();
-    const names = [...new Set([...table.keys(), ...local.keys()])].sort();
-    for (const url of this.urls.detail.splice(0)) URL.revokeObjectURL(url);
-    const grid = clear($("#dataset-gallery"));
-    for (const name of names.slice(0, MAX_CARDS)) {
-      grid.append(imageCard(name, labelsFor(table, name), local.get(name), this.urls.detail));
-    }
-    const labelled = table.size
-      ? `, ${table.size} labelled (${Object.keys(countLabels(table)).length} labels)`
-      : "";
-    $("#dataset-gallery-note").textContent = names.length
-      ? `${Math.min(names.length, MAX_CARDS)} of ${names.length} image(s) shown${labelled}`
-      : "No image names to show yet: add a labels CSV.";
-  }
-
   async addImages(given) {
     const id = this.current?.id;
     const ok = given.filter((g) => isImage(g.file) || isZip(g.file));
     if (!id || !ok.length) return;
     const answer = await sendImages(ok, { id, limits: this.limits(), progress: progressIn("dataset-add") });
     if (!answer) return;
-    this.remember(id, ok);
     this.problems.set(String(id), answer.problems || []);
     showMessage(`Added ${ok.length} file(s) to ${this.current.name}.`, { kind: "info" });
     await Promise.all([this.load(), this.open(id)]);
