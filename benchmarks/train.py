@@ -122,12 +122,14 @@ def _run(result: TrainResult) -> dict:
     }
 
 
-def bench(folder: Path, backbone: str, minutes: float, warm_runs: int, default_backbone: str) -> dict:
+def bench(
+    folder: Path, backbone: str, minutes: float, warm_runs: int, default_backbone: str, int8: str = "auto"
+) -> dict:
     cache = Path(tempfile.mkdtemp(prefix="manylabel-bench-cache-"))
     name = folder.name.replace("_", "-").lower()
     if backbone != default_backbone:
         name += f"-{backbone}"  # the default keeps the name run.py serves
-    cfg = TrainConfig(name=name, minutes=minutes, cache_dir=cache, backbone=backbone)
+    cfg = TrainConfig(name=name, minutes=minutes, cache_dir=cache, backbone=backbone, int8=int8)
     try:
         load = os.getloadavg()[0]
         result = fit(folder / "images", folder / "labels.csv", cfg, say=lambda _: None)
@@ -151,6 +153,7 @@ def bench(folder: Path, backbone: str, minutes: float, warm_runs: int, default_b
                 "val_map": e.metrics["validation"].map,
                 "val_micro_f1": e.metrics["validation"].micro_f1,
                 "val_exact_match": e.metrics["validation"].accuracy,
+                "int8": _int8(e),
             }
             for which, e in manifest.models.items()
         }
@@ -158,6 +161,7 @@ def bench(folder: Path, backbone: str, minutes: float, warm_runs: int, default_b
         return {
             "dataset": folder.name,
             "backbone": backbone,
+            "int8": int8,
             "images": images,
             "labels": len(manifest.labels),
             "head": cfg.head,
@@ -171,11 +175,30 @@ def bench(folder: Path, backbone: str, minutes: float, warm_runs: int, default_b
         shutil.rmtree(cache, ignore_errors=True)
 
 
+def _int8(entry) -> dict | None:
+    """The int8 variant's check (validation mAP fp32 -> int8, largest score difference), kept or why not."""
+    variant = entry.variants.get("int8")
+    if variant is None:
+        return None
+    check = variant.validation.model_dump() if variant.validation is not None else None
+    return {"kept": variant.kept, "reason": variant.reason, "validation": check}
+
+
+def _int8_text(v: dict | None) -> str:
+    if v is None:
+        return "off"
+    c = v["validation"]
+    if c is None:
+        return "dropped"
+    maps = " → ".join("n/a" if m is None else f"{m:.3f}" for m in (c["map_fp32"], c["map"]))
+    return f"{maps}, max Δ {c['max_score_diff']:.2f}, {'kept' if v['kept'] else 'dropped'}"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| data set | backbone | images | cold s | warm s | best mAP | best µF1 | last mAP | last µF1 "
-        "| LogReg mAP | LogReg µF1 @0.5 | LogReg µF1 @oof | serve img/s b1 / b8 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| LogReg mAP | LogReg µF1 @0.5 | LogReg µF1 @oof | serve img/s b1 / b8 | int8 best: val mAP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         q, lr, runs, sv = r["quality"], r["logreg"], r["runs"], r["serving_img_s"]
@@ -184,14 +207,15 @@ def markdown(rows: list[dict]) -> str:
             f"| {runs['warm']['total_s']:.1f}"
             f" | {q['best']['val_map']:.3f} | {q['best']['val_micro_f1']:.3f} | {q['last']['val_map']:.3f}"
             f" | {q['last']['val_micro_f1']:.3f} | {lr['val_map']:.3f} | {lr['val_micro_f1_at_0.5']:.3f}"
-            f" | {lr['val_micro_f1_oof_thresholds']:.3f} | {sv['batch_1']:.0f} / {sv['batch_8']:.0f} |"
+            f" | {lr['val_micro_f1_oof_thresholds']:.3f} | {sv['batch_1']:.0f} / {sv['batch_8']:.0f}"
+            f" | {_int8_text(q['best'].get('int8'))} |"
         )
     return "\n".join(lines)
 
 
 def stages_markdown(rows: list[dict]) -> str:
     """Wall (CPU) seconds per stage, cold and warm (median), one row per data set x backbone x run."""
-    stages = list(rows[0]["runs"]["cold"]["stages"]) if rows else []
+    stages = list(dict.fromkeys(s for r in rows for run in r["runs"].values() for s in run["stages"]))
     lines = [
         "| data set | backbone | run | total | " + " | ".join(stages) + " |",
         "|---|---|---|---|" + "---|" * len(stages),
@@ -202,7 +226,8 @@ def stages_markdown(rows: list[dict]) -> str:
             wall, cpu = run["stages"], run["stages_cpu"]
             cells = " | ".join(f"{wall.get(s, 0.0):.2f} ({cpu.get(s, 0.0):.2f})" for s in stages)
             total = f"{run['total_s']:.1f} ({run['cpu_s']:.1f})"
-            lines.append(f"| {r['dataset']} | {r['backbone']} | {kind} | {total} | {cells} |")
+            what = f"{kind}, int8 {r.get('int8', 'auto')}"
+            lines.append(f"| {r['dataset']} | {r['backbone']} | {what} | {total} | {cells} |")
     return "\n".join(lines)
 
 
@@ -214,10 +239,18 @@ def main() -> int:
         "--backbones", nargs="+", default=[TrainConfig().backbone], choices=["lite0", "lite1", "lite2"]
     )
     parser.add_argument("--warm", type=int, default=3, help="warm runs per data set (median reported)")
+    parser.add_argument(
+        "--int8", nargs="+", default=["auto"], choices=["auto", "off"], help="TrainConfig.int8 values to run"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     default = TrainConfig().backbone
-    rows = [bench(d, b, args.minutes, args.warm, default) for d in args.datasets for b in args.backbones]
+    rows = [
+        bench(d, b, args.minutes, args.warm, default, int8)
+        for d in args.datasets
+        for b in args.backbones
+        for int8 in args.int8
+    ]
     machine = {
         "cpus": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),

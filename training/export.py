@@ -4,6 +4,8 @@ The fused graph maps the preprocessed uint8 batch straight to sigmoid scores. Th
 standardisation is folded into its first layer, so the graph is backbone -> Gemm(s) -> Sigmoid.
 Export verifies itself: `onnx.checker`, then onnxruntime against the head's float64 reference on the
 cached features of a real batch (the backbone graph was checked against torch when it was exported).
+`head_graph`, `backbone_graph` and `attach` cut a fused graph at `features` and put another backbone
+(the int8 one, training/int8_cache.py) under its head, whatever the head's nodes are.
 """
 
 from __future__ import annotations
@@ -91,3 +93,62 @@ def check_parity(
     if not np.isfinite(diff) or diff > PARITY_ATOL:
         raise ExportError(f"onnxruntime and torch disagree by {diff:.2e} (> {PARITY_ATOL}); model not saved")
     return diff
+
+
+# --- graph-level composition: another backbone under the same head ------------------------------
+
+
+def head_graph(fused: onnx.ModelProto) -> onnx.ModelProto:
+    """The part of a fused graph downstream of the backbone's features, as a graph of its own
+    (input `features` (batch, D) float -> the fused graph's outputs), whatever the head's nodes are."""
+    graph = fused.graph
+    produced = {FEATURES_OUTPUT}
+    nodes = []
+    for node in graph.node:  # ONNX graphs are stored in topological order
+        if produced.intersection(node.input):
+            nodes.append(node)
+            produced.update(node.output)
+    used = {name for node in nodes for name in node.input}
+    initializers = [t for t in graph.initializer if t.name in used]
+    features = helper.make_tensor_value_info(FEATURES_OUTPUT, TensorProto.FLOAT, ["batch", "dim"])
+    head = helper.make_graph(nodes, "head", [features], list(graph.output), initializer=initializers)
+    model = helper.make_model(head, opset_imports=list(fused.opset_import))
+    model.ir_version = fused.ir_version
+    return model
+
+
+def backbone_graph(fused: onnx.ModelProto) -> onnx.ModelProto:
+    """The rest of a fused graph: image -> `features` (what `head_graph` leaves out)."""
+    cut = {name for node in head_graph(fused).graph.node for name in node.output}
+    model = onnx.ModelProto()
+    model.CopyFrom(fused)
+    graph = model.graph
+    nodes = [n for n in fused.graph.node if not cut.intersection(n.output)]
+    used = {name for node in nodes for name in node.input}
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [t for t in fused.graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(FEATURES_OUTPUT, TensorProto.FLOAT, ["batch", "dim"]))
+    return model
+
+
+def attach(backbone: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto:
+    """`backbone` (image -> features) followed by `head` (features -> scores): one served graph, the
+    composition `fuse` makes, at graph level (the backbone may be an int8 QDQ graph)."""
+    clash = {t.name for t in backbone.graph.initializer} & {t.name for t in head.graph.initializer}
+    if clash:
+        raise ExportError(f"backbone and head share initializer names: {sorted(clash)[:5]}")
+    model = onnx.ModelProto()
+    model.CopyFrom(backbone)
+    graph = model.graph
+    graph.initializer.extend(head.graph.initializer)
+    graph.node.extend(head.graph.node)
+    del graph.output[:]
+    graph.output.extend(head.graph.output)
+    domains = {o.domain for o in model.opset_import}
+    model.opset_import.extend(o for o in head.opset_import if o.domain not in domains)
+    onnx.checker.check_model(model)
+    return model

@@ -2,8 +2,8 @@
 
 Read it as the table of contents of training; each step lives in its own module. Every stage is
 timed (`TrainResult.stages`, and a `timing` event in progress.jsonl). On a warm run everything but
-the head comes from a cache (backbone graph, features, thumbnails), so the head is what a retrain
-costs.
+the head comes from a cache (backbone graph, features, thumbnails, the int8 backbone and its
+features), so the head is what a retrain costs.
 """
 
 from __future__ import annotations
@@ -116,11 +116,13 @@ def fit(images, labels_csv: Path, cfg: TrainConfig, *, say: Say = log.info) -> T
         with clock("export"):
             batch, batch_features = data.parity_batch(spec, features)
             files = artifacts.write_models(workdir, onnx_path, spec, result, batch, batch_features)
+        variants = _int8(workdir, evaluated, data, split, features, onnx_path, cfg, progress, clock, say)
+        files += [v.file for vs in variants.values() for v in vs.values() if v.file]
         with clock("records"):
             files += artifacts.write_records(workdir, split, evaluated)
         with clock("side wait"):  # what the side thread had left when the main thread got here
             files += thumbnails.result() + curves.result()
-        manifest = _manifest(workdir, files, result, evaluated, split, data, cfg, progress, clock)
+        manifest = _manifest(workdir, files, result, evaluated, variants, split, data, cfg, progress, clock)
         with clock("store"):
             stored = save_model(workdir, manifest)
         if not cfg.workdir:
@@ -177,6 +179,21 @@ def _features_event(fs: FeatureSet, cfg: TrainConfig) -> dict:
         "computed": fs.computed,
         "failed": len(fs.failed),
     }
+
+
+def _int8(workdir, evaluated, data, split, fs, onnx_path, cfg, progress, clock, say) -> dict[str, dict]:
+    """which -> {"int8": Variant} (training/int8_cache.py), or {} for each with `--int8 off`."""
+    if cfg.int8 == "off":
+        return {w: {} for w in evaluated}
+    from training.int8_cache import fit_variants
+
+    variants, event = fit_variants(
+        workdir, {w: e.entry for w, e in evaluated.items()}, data, split, fs, backbone=onnx_path,
+        spec=choice(cfg.backbone).preprocessing(), cache_root=Path(cfg.cache_dir or default_cache_dir()),
+        workers=cfg.workers, stage=clock, say=say,
+    )  # fmt: skip
+    progress.write(event)
+    return {w: {"int8": v} for w, v in variants.items()}
 
 
 def _thumbnails(
@@ -257,6 +274,7 @@ def _manifest(
     files: list[str],
     result: HeadResult,
     evaluated: dict[str, Evaluated],
+    variants: dict[str, dict],
     split: SplitArrays,
     data: Dataset,
     cfg: TrainConfig,
@@ -282,7 +300,7 @@ def _manifest(
         },
         backbone=rung.entry,
         preprocessing=rung.preprocessing(),
-        models={w: e.entry for w, e in evaluated.items()},
+        models={w: e.entry.model_copy(update={"variants": variants[w]}) for w, e in evaluated.items()},
         files=[file_entry(workdir, f) for f in files],
         training={
             **cfg.to_json(),

@@ -58,7 +58,15 @@ def stored(tmp_path_factory):
     root = tmp_path_factory.mktemp("inspect")
     images, labels = make_dataset(root)
     cfg = TrainConfig(
-        name=NAME, minutes=0.5, max_epochs=40, patience=0, folds=3, lr=1e-3, cache_dir=root / "cache", seed=1
+        name=NAME,
+        minutes=0.5,
+        max_epochs=40,
+        patience=0,
+        folds=3,
+        lr=1e-3,
+        cache_dir=root / "cache",
+        seed=1,
+        int8="off",
     )
     return fit(images, labels, cfg, say=lambda _: None).stored
 

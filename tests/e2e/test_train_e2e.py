@@ -70,6 +70,7 @@ def trained(tmp_path_factory):
         cache_dir=root / "cache",
         workdir=root / "run",
         seed=1,
+        int8="off",  # int8 through fit(): tests/unit/test_fit_int8.py, on a tiny backbone
     )
     lines: list[str] = []
     result = fit(images, labels, cfg, say=lines.append)

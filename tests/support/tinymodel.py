@@ -53,3 +53,39 @@ def tiny_onnx(path: Path, seed: int, *, n_labels: int, size: int) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def tiny_backbone(path: Path) -> Path:
+    """A stand-in for EfficientNet-Lite's graph, with something to quantize: uint8 NHWC "image" ->
+    (x - 127) / 128 -> Conv 1x1 (3 -> 8) -> ReLU -> mean over H, W -> "features" (N, 8)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    FEATURES_OUTPUT = "features"  # training.backbone.FEATURES_OUTPUT (support stays training-free)
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Sub", ["nchw", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["normed"]),
+        helper.make_node("Conv", ["normed", "W", "B"], ["conv"]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("ReduceMean", ["relu"], [FEATURES_OUTPUT], axes=[2, 3], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_backbone",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", "h", "w", 3])],
+        [helper.make_tensor_value_info(FEATURES_OUTPUT, TensorProto.FLOAT, ["batch", 8])],
+        initializer=[
+            numpy_helper.from_array(np.array(127.0, np.float32), "mean"),
+            numpy_helper.from_array(np.array(128.0, np.float32), "std"),
+            numpy_helper.from_array(rng.normal(0, 1, (8, 3, 1, 1)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "B"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

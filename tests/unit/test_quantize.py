@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
-from support.tinymodel import tiny_onnx
+from support.tinymodel import tiny_backbone, tiny_onnx
 
 from service.cli import main as manylabel
 from service.errors import ManifestError
@@ -178,6 +178,32 @@ def test_a_graph_that_cannot_be_quantized_serves_fp32(
 def test_truth_must_match_the_validation_images(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"y_validation has shape \(16, 3\); expected \(15, 3\)"):
         add_int8_variants(tmp_path, _model(tmp_path), IMAGES, IMAGES[:15], TRUTH)
+
+
+@pytest.mark.slow
+def test_a_fused_graph_gets_an_int8_backbone_and_keeps_its_fp32_head(tmp_path: Path) -> None:
+    """What `manylabel quantize` does to a model `fit()` exported: only the backbone is quantized."""
+    import onnx
+    from onnx import numpy_helper
+
+    from training.export import fuse
+    from training.int8_cache import quantize_fused
+
+    rng = np.random.default_rng(0)
+    layers = [(rng.normal(0, 0.5, (8, 6)).astype(np.float32), np.zeros(6, np.float32))]
+    layers.append((rng.normal(0, 0.5, (6, 3)).astype(np.float32), np.zeros(3, np.float32)))
+    backbone = onnx.load(str(tiny_backbone(tmp_path / "backbone.onnx")))
+    onnx.save(fuse(backbone, layers, output_name="scores"), str(tmp_path / "best.onnx"))
+    images = np.stack([load_image(i, Preprocessing(image_size=SIZE)) for i in IMAGES])
+    quantize_fused(tmp_path / "best.onnx", tmp_path / "best.int8.onnx", images, input_name="image")
+    graph = onnx.load(str(tmp_path / "best.int8.onnx")).graph
+    head = [n for n in graph.node if n.op_type in ("Gemm", "Relu", "Sigmoid") and "head" in n.output[0]]
+    assert [n.op_type for n in head] == ["Gemm", "Relu", "Gemm"]
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    assert weights["head_w0"].dtype == np.float32  # not quantized
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the backbone is
+    fp32, int8 = _scores(tmp_path / "best.onnx", IMAGES), _scores(tmp_path / "best.int8.onnx", IMAGES)
+    assert 0 < np.abs(fp32 - int8).max() < 0.05
 
 
 # --- the manifest ---------------------------------------------------------------------------------
