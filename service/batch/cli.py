@@ -51,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", metavar="NAME[:VERSION]", help="a stored model (default: the one the service serves)"
     )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="the graph that scores: auto (the service's default for the model: int8 on CPU when it has "
+        "a validated int8 variant), fp32 or int8 (refused for a model without one) (default auto)",
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=float, help="one threshold for every label, in [0, 1]")
     group.add_argument("--thresholds", help="JSON object label -> threshold, e.g. '{\"cat\": 0.4}'")
@@ -116,6 +123,7 @@ def _options(args: argparse.Namespace) -> BatchOptions:
         shard=args.shard,
         which=args.which,
         model=args.model,
+        precision=args.precision,
         threshold=args.threshold,
         thresholds=thresholds,
         retry=RetryPolicy(attempts=args.max_retries + 1),

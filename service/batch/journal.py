@@ -2,9 +2,9 @@
 
 Journal (`<output>/journal.jsonl`): UTF-8 JSON lines, append-only, flushed and fsync'd after each
 answered request. Records, by "kind":
-  header  first line: journal version, images root, shard, which, model, threshold(s); a rerun with
-          other options is refused (their answers would not belong in the same output), unless the
-          journal holds nothing but its header.
+  header  first line: journal version, images root, shard, which, model, precision (null for auto,
+          as in journals from before it), threshold(s); a rerun with other options is refused (their
+          answers would not belong in the same output), unless the journal holds nothing but its header.
   model   {"name", "version", "which", "labels", "thresholds"} the first time a model version answers.
   done    {"file", "version", "scores", "predicted"[, "thresholds"]}: "above" is `label in predicted`
           and "thresholds" come from the model record unless they differ, to keep lines short.
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 JOURNAL_FILE = "journal.jsonl"
 LOCK_FILE = ".lock"
 JOURNAL_VERSION = 1
-HEADER_KEYS = ("journal", "images", "shard", "which", "model", "threshold", "thresholds")
+HEADER_KEYS = ("journal", "images", "shard", "which", "model", "precision", "threshold", "thresholds")
 
 
 class Failure(NamedTuple):

@@ -25,6 +25,7 @@ class BatchOptions:
     shard: Shard = Shard()
     which: Literal["best", "last"] = "best"  # the model's best or last export
     model: str | None = None  # a stored model, NAME or NAME:VERSION; None: the one the service serves
+    precision: Literal["auto", "fp32", "int8"] = "auto"  # the graph; auto: the service's default
     threshold: float | None = None
     thresholds: dict[str, float] | None = None
     retry: RetryPolicy = RetryPolicy()
@@ -41,6 +42,7 @@ class BatchOptions:
             "shard": str(self.shard),
             "which": self.which,
             "model": self.model,
+            "precision": None if self.precision == "auto" else self.precision,  # as journals before it
             "threshold": self.threshold,
             "thresholds": self.thresholds,
         }
@@ -50,6 +52,8 @@ class BatchOptions:
         fields = {"which": self.which}
         if self.model is not None:
             fields["model"] = self.model
+        if self.precision != "auto":
+            fields["precision"] = self.precision
         if self.threshold is not None:
             fields["threshold"] = repr(float(self.threshold))
         if self.thresholds is not None:

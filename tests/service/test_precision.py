@@ -112,3 +112,56 @@ def test_cli_predict_precision(int8_server: Server, tmp_path: Path) -> None:
         np.testing.assert_allclose(
             scores, local_scores(int8_server, image.read_bytes(), "best", precision), atol=1e-6
         )
+
+
+def test_batch_sends_the_precision_and_pins_it_in_the_journal(int8_server: Server, tmp_path: Path) -> None:
+    from service.batch.client import BatchOptions, run_batch
+    from service.errors import BatchError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"p{i}.jpg").write_bytes(image_bytes(80 + i))
+    scores = {}
+    for precision in ("auto", "fp32", "int8"):
+        out = tmp_path / precision
+        assert (
+            run_batch(
+                BatchOptions(url=int8_server.url, images=folder, output=out, precision=precision)
+            ).exit_code
+            == 0
+        )
+        header = json.loads((out / "journal.jsonl").read_text().splitlines()[0])
+        assert header["precision"] == (None if precision == "auto" else precision)  # auto: as before it
+        result = json.loads((out / "predictions.json").read_text())
+        scores[precision] = [[image["scores"][label] for label in LABELS] for image in result["images"]]
+    for precision in ("fp32", "int8"):  # each from its own graph, as the service answers it
+        for name, got in zip(sorted(p.name for p in folder.iterdir()), scores[precision], strict=True):
+            want = local_scores(int8_server, (folder / name).read_bytes(), "best", precision)
+            np.testing.assert_allclose(got, want, atol=1e-6)
+    assert scores["auto"] == scores["int8"] != scores["fp32"]  # the service's default on CPU
+    again = BatchOptions(url=int8_server.url, images=folder, output=tmp_path / "int8", precision="fp32")
+    with pytest.raises(BatchError, match="written with precision='int8', this run asks for 'fp32'"):
+        run_batch(again)
+
+
+def test_batch_int8_of_a_model_without_it_is_refused_as_an_option(server: Server, tmp_path: Path) -> None:
+    from service.batch.client import BatchOptions, run_batch
+    from service.errors import BatchError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(image_bytes(1))
+    options = BatchOptions(url=server.url, images=folder, output=tmp_path / "out", precision="int8")
+    with pytest.raises(BatchError, match="the service refused this run's options: HTTP 400"):
+        run_batch(options)
+
+
+def test_batch_precision_flag_reaches_the_options() -> None:
+    from service.batch.cli import _options
+    from service.cli import build_parser
+
+    argv = ["batch", "--url", "http://x/", "--images", "i", "--output", "o"]
+    assert _options(build_parser(argv).parse_args(argv)).precision == "auto"
+    options = _options(build_parser(argv).parse_args([*argv, "--precision", "int8"]))
+    assert options.precision == "int8" and options.form_fields() == {"which": "best", "precision": "int8"}
