@@ -1,6 +1,7 @@
 """What every peer server shares, so that only the serving framework differs between them.
 
-The same fused ONNX model (a manylabel model folder: `manifest.json` + `best.onnx`), the same
+The same fused ONNX model (a manylabel model folder: `manifest.json` + `best.onnx`, or
+`best.int8.onnx` with `--precision int8`), the same
 `service.preprocess.load_image`, the same onnxruntime session options as manylabel
 (`service.server.runtime.session_options`: intra-op threads = cores, spinning off), the same request
 (multipart POST /predict, one file in field `images`) and an answer of the same shape.
@@ -33,20 +34,25 @@ def parse_args(description: str) -> argparse.Namespace:
     ap.add_argument("--max-batch-size", type=int, default=16, help="manylabel's CPU default")
     ap.add_argument("--max-latency-ms", type=float, default=0.0, help="longest wait for batch-mates")
     ap.add_argument("--intra-op-threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--precision", choices=("fp32", "int8"), default="fp32", help="best.onnx or best.int8.onnx"
+    )
     return ap.parse_args()
 
 
 class Model:
     """decode (bytes -> (S, S, 3) uint8), infer ((N, S, S, 3) -> (N, L)), answer (a JSON-able dict)."""
 
-    def __init__(self, model_dir: Path, intra_op_threads: int) -> None:
+    def __init__(self, model_dir: Path, intra_op_threads: int, precision: str = "fp32") -> None:
         self.manifest = Manifest.read(model_dir, verify=False)
         self.spec = self.manifest.preprocessing
         self.labels = self.manifest.labels
         best = self.manifest.models["best"]
         self.thresholds = np.asarray(best.thresholds, dtype=np.float64)
         self.session = ort.InferenceSession(
-            str(model_dir / best.file), session_options(intra_op_threads), providers=["CPUExecutionProvider"]
+            str(model_dir / best.file_for(precision)),  # the graph manylabel serves at that precision
+            session_options(intra_op_threads),
+            providers=["CPUExecutionProvider"],
         )
         self.input_name = self.spec.input_name
         self.output_name = self.manifest.output_name

@@ -27,7 +27,7 @@ def main() -> None:
     import uvicorn
 
     args = parse_args(__doc__.splitlines()[0])
-    app = make_app(Model(args.model_dir, args.intra_op_threads))
+    app = make_app(Model(args.model_dir, args.intra_op_threads, args.precision))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

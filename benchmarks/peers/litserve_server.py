@@ -19,13 +19,14 @@ from starlette.requests import Request
 
 
 class ManyLabelAPI(ls.LitAPI):
-    def __init__(self, model_dir, intra_op_threads: int, **kwargs) -> None:
+    def __init__(self, model_dir, intra_op_threads: int, precision: str = "fp32", **kwargs) -> None:
         super().__init__(**kwargs)
         self.model_dir = model_dir
         self.intra_op_threads = intra_op_threads
+        self.precision = precision
 
     def setup(self, device: str) -> None:
-        self.model = Model(self.model_dir, self.intra_op_threads)
+        self.model = Model(self.model_dir, self.intra_op_threads, self.precision)
 
     def decode_request(self, request: Request) -> tuple[str, np.ndarray]:
         upload = request["images"]  # the parsed form: a starlette UploadFile
@@ -52,6 +53,7 @@ def main() -> None:
     api = ManyLabelAPI(
         args.model_dir,
         args.intra_op_threads,
+        args.precision,
         max_batch_size=args.max_batch_size,
         batch_timeout=max(args.max_latency_ms, 1.0) / 1000.0,
     )

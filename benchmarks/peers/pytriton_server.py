@@ -85,7 +85,7 @@ def main() -> None:
     import uvicorn
 
     args = parse_args(__doc__.splitlines()[0])
-    model = Model(args.model_dir, args.intra_op_threads)
+    model = Model(args.model_dir, args.intra_op_threads, args.precision)
     triton, url = start_triton(model, args.max_batch_size, args.max_latency_ms)
     try:
         uvicorn.run(
