@@ -31,15 +31,78 @@ export function jobsOf(answer) {
   return Array.isArray(answer) ? answer : answer?.jobs || [];
 }
 
+/**
+ * Follow job `id`: its server-sent events (GET /jobs/{id}/events), and polling GET /jobs/{id} (once a
+ * second, backing off to 10 s while unreachable) when the stream is refused or drops. `onView(job)`
+ * gets every state until a terminal one; `onTrouble(err)` an unreachable server; `onGone()` a 404.
+ * Returns `stop()`.
+ */
+export function watchJob(id, { onView, onTrouble, onGone }) {
+  let source = null;
+  let timer = null;
+  let delay = POLL_MS;
+  let stopped = false;
+  const stop = () => {
+    stopped = true;
+    source?.close();
+    source = null;
+    clearTimeout(timer);
+  };
+  const take = (job) => {
+    if (stopped || !job || typeof job !== "object") return;
+    if (TERMINAL.has(job.state)) stop();
+    onView(job);
+  };
+  const poll = () => {
+    timer = setTimeout(async () => {
+      if (stopped) return;
+      try {
+        const job = await peekJSON(`/jobs/${encodeURIComponent(id)}`);
+        delay = POLL_MS;
+        take(job);
+      } catch (err) {
+        if (err.status === 404) {
+          stop();
+          onGone?.();
+          return;
+        }
+        delay = Math.min(2 * delay, MAX_POLL_MS);
+        onTrouble?.(err);
+      }
+      if (!stopped) poll();
+    }, delay);
+  };
+  const stream = new EventSource(`/jobs/${encodeURIComponent(id)}/events`);
+  source = stream;
+  const onEvent = (event) => {
+    let job;
+    try {
+      job = JSON.parse(event.data);
+    } catch {
+      return; // not a job state (a keep-alive, say)
+    }
+    take(job);
+  };
+  stream.addEventListener("message", onEvent);
+  for (const name of EVENT_NAMES) stream.addEventListener(name, onEvent);
+  stream.onerror = () => {
+    // refused (404, no streaming), or dropped: ask the job itself instead
+    stream.close();
+    if (source === stream && !stopped) {
+      source = null;
+      poll();
+    }
+  };
+  return stop;
+}
+
 export class JobBar {
   /** `onDone(job)` once a followed job has finished with a model. */
   constructor({ onDone }) {
     this.onDone = onDone;
     this.id = null;
     this.name = "";
-    this.source = null;
-    this.timer = null;
-    this.delay = POLL_MS;
+    this.unwatch = null;
     $("#job-cancel").addEventListener("click", () => this.cancel());
     $("#job-dismiss").addEventListener("click", () => this.stop(true));
   }
@@ -63,55 +126,20 @@ export class JobBar {
 
   listen() {
     const id = this.id;
-    const source = new EventSource(`/jobs/${encodeURIComponent(id)}/events`);
-    this.source = source;
-    const take = (event) => {
-      let job;
-      try {
-        job = JSON.parse(event.data);
-      } catch {
-        return; // not a job state (a keep-alive, say)
-      }
-      if (this.id === id && job && typeof job === "object") this.update(job);
-    };
-    source.addEventListener("message", take);
-    for (const name of EVENT_NAMES) source.addEventListener(name, take);
-    source.onerror = () => {
-      // refused (404, no streaming), or dropped: ask the job itself instead
-      source.close();
-      if (this.source === source) {
-        this.source = null;
-        this.poll(id);
-      }
-    };
-  }
-
-  poll(id) {
-    this.timer = setTimeout(async () => {
-      if (this.id !== id) return;
-      try {
-        const job = await peekJSON(`/jobs/${encodeURIComponent(id)}`);
-        this.delay = POLL_MS;
-        if (this.id === id) this.update(job);
-      } catch (err) {
-        if (err.status === 404) {
-          this.stop(true); // the job is gone (another data folder, say): nothing to follow
-          return;
-        }
-        this.delay = Math.min(2 * this.delay, MAX_POLL_MS);
+    this.unwatch = watchJob(id, {
+      onView: (job) => this.id === id && this.update(job),
+      onTrouble: (err) => {
         $("#job-detail").textContent = `cannot reach the job (${err.message}); trying again`;
-      }
-      if (this.id === id && !TERMINAL.has(this.state)) this.poll(id);
-    }, this.delay);
+      },
+      onGone: () => this.stop(true), // the job is gone (another data folder, say): nothing to follow
+    });
   }
 
   update(job) {
     const before = this.state;
     this.render(job);
     if (!TERMINAL.has(job.state)) return;
-    this.source?.close();
-    this.source = null;
-    clearTimeout(this.timer);
+    this.unwatch?.();
     if (job.state === before) return;
     if (job.state === "done") this.onDone?.(job, this.name);
     if (job.state === "failed") {
@@ -164,10 +192,8 @@ export class JobBar {
 
   /** Stop following; `hide` also hides the bar. */
   stop(hide) {
-    this.source?.close();
-    this.source = null;
-    clearTimeout(this.timer);
-    this.delay = POLL_MS;
+    this.unwatch?.();
+    this.unwatch = null;
     if (hide) {
       this.id = null;
       $("#job-bar").hidden = true;

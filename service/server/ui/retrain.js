@@ -3,15 +3,13 @@
 // GET /jobs/{id} when the stream drops) as in the top bar; once done, the new version's validation
 // AP and F1 per label (GET /stats) beside the previous version's, with the change.
 
-import { getJSON, peekJSON, sendJSON } from "./api.js";
+import { getJSON, sendJSON } from "./api.js";
 import { write } from "./auth.js";
 import { $, clear, h, num, pct } from "./dom.js";
-import { TERMINAL, duration } from "./jobs.js";
+import { TERMINAL, duration, watchJob } from "./jobs.js";
 import { showError, showMessage } from "./messages.js";
 import { modelHref } from "./models.js";
 import { datasetPath } from "./sending.js";
-
-const POLL_MS = 1000;
 
 /** "+0.031" / "−0.002" / "±0", and whether it went up, down or stayed. */
 function change(after, before) {
@@ -40,8 +38,7 @@ export class RetrainPanel {
     this.dataset = null;
     this.before = null; // the dataset's newest model before the retrain: what the numbers compare with
     this.job = null;
-    this.source = null;
-    this.timer = null;
+    this.unwatch = null;
     $("#retrain").addEventListener("click", () => this.start());
   }
 
@@ -78,40 +75,22 @@ export class RetrainPanel {
     this.job = job;
     this.name = name || "";
     this.show({ state: "queued", progress: 0 });
-    const source = new EventSource(`/jobs/${encodeURIComponent(job)}/events`);
-    this.source = source;
-    source.addEventListener("message", (event) => {
-      try {
-        this.show(JSON.parse(event.data));
-      } catch {
-        // a keep-alive: nothing to show
-      }
-    });
-    source.onerror = () => {
-      source.close();
-      if (this.source === source) {
-        this.source = null;
-        this.poll(job);
-      }
-    };
-  }
-
-  poll(job) {
-    this.timer = setTimeout(async () => {
-      if (this.job !== job) return;
-      try {
-        this.show(await peekJSON(`/jobs/${encodeURIComponent(job)}`));
-      } catch (err) {
+    this.unwatch = watchJob(job, {
+      onView: (view) => this.show(view),
+      onTrouble: (err) => {
         $("#retrain-status").textContent = `cannot reach the job (${err.message}); trying again`;
-      }
-      if (this.job === job) this.poll(job);
-    }, POLL_MS);
+      },
+      onGone: () => {
+        this.stop();
+        $("#retrain").disabled = false;
+        $("#retrain-status").textContent = "the job is gone (the studio's data folder changed?)";
+      },
+    });
   }
 
   stop() {
-    this.source?.close();
-    this.source = null;
-    clearTimeout(this.timer);
+    this.unwatch?.();
+    this.unwatch = null;
     this.job = null;
   }
 
