@@ -135,6 +135,11 @@ def test_fix_a_suspect_edit_labels_and_retrain(
         expect(card(MISSING).locator('[data-testid=label-chip][data-label="red"]')).to_be_visible()
         expect(suspect).to_have_count(0)
         assert "red" in labels_of(client, dataset, MISSING)
+        card(MISSING).locator(".history-box summary").click()  # the label history says what changed
+        history = card(MISSING).locator("[data-testid=lab-history] li")
+        expect(history.first).to_have_attribute("data-source", "suspect")
+        expect(history.first).to_contain_text("suspect accepted")
+        expect(history.last).to_contain_text("(CSV)")
         doubt = card(WRONG).locator('[data-testid=suspect][data-kind=wrong][data-label="green"]')
         expect(doubt).to_contain_text("wrong")
         doubt.locator("[data-testid=suspect-reject]").click()

@@ -1,8 +1,10 @@
 // One image of the labelling grid as a card: its thumbnail, a tick box to select it, its labels as
 // chips (a click removes one), the model's suggestions as dashed chips (a click accepts one), its
-// suspected label errors with accept / reject, and a field to add a label (new ones allowed).
+// suspected label errors with accept / reject, a field to add a label (new ones allowed), and its
+// label history (GET /datasets/{id}/images/{image_id}, read when first opened).
 
-import { h, num } from "./dom.js";
+import { peekJSON } from "./api.js";
+import { clear, h, num } from "./dom.js";
 import { suspectRow } from "./suspects.js";
 import { datasetPath } from "./sending.js";
 
@@ -120,6 +122,7 @@ export function labelCard(dataset, image, { numbers, selected, current, on }) {
     h("div", { class: "chips" }, ...chips),
     suspects.length ? h("div", { class: "suspects" }, ...suspects) : null,
     addForm(image, on.add),
+    historyBox(dataset, image),
   );
   card.addEventListener("focusin", () => on.focus());
   card.addEventListener("click", (e) => {
@@ -138,4 +141,40 @@ function thumbnail(dataset, image) {
     width: 128,
     height: 110,
   });
+}
+
+const SOURCES = { edit: "edited", bulk: "bulk edit", suspect: "suspect accepted" };
+
+/** "csv:labels.csv" -> "labels.csv (CSV)", "edit" -> "edited". */
+function sourceText(source) {
+  const text = String(source || "");
+  return text.startsWith("csv:") ? `${text.slice(4)} (CSV)` : SOURCES[text] || text;
+}
+
+/** A closed <details> that lists the image's label changes, newest first, once opened. */
+function historyBox(dataset, image) {
+  const list = h("ol", { class: "history small", "data-testid": "lab-history" });
+  const summary = h("summary", { class: "small", text: "history" });
+  const box = h("details", { class: "history-box" }, summary, list);
+  box.addEventListener("toggle", async () => {
+    if (!box.open) return;
+    clear(list).append(h("li", { class: "muted", text: "reading…" }));
+    try {
+      const answer = await peekJSON(datasetPath(dataset, `/images/${encodeURIComponent(image.id)}`));
+      const rows = [...(answer.history || [])].reverse().map((event) => {
+        const when = new Date(event.at * 1000).toLocaleString();
+        const labels = (event.labels || []).join(", ") || "no labels";
+        return h(
+          "li",
+          { "data-source": event.source },
+          h("span", { class: "muted", text: `v${event.version} · ${when} · ` }),
+          `${sourceText(event.source)}: ${labels}`,
+        );
+      });
+      clear(list).append(...(rows.length ? rows : [h("li", { class: "muted", text: "no label changes" })]));
+    } catch (err) {
+      clear(list).append(h("li", { class: "error", text: `cannot read the history (${err.message})` }));
+    }
+  });
+  return box;
 }
