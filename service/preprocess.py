@@ -1,6 +1,7 @@
 """Image decoding and resizing shared by training (feature extraction) and serving.
 
-One function, `load_image`, turns file bytes into the uint8 HxWx3 array the ONNX graph takes.
+One function, `load_image`, turns file bytes into the uint8 HxWx3 array the ONNX graph takes;
+`thumbnail_jpeg` decodes the same way for the thumbnails people look at.
 Training and the service call the same code with the same `Preprocessing`, so their inputs match
 bit for bit.
 
@@ -16,7 +17,9 @@ import io
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -25,6 +28,7 @@ from service.errors import ImageTooLargeError, InvalidImageError
 from service.manifest import Preprocessing
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Pillow's own bomb check would raise or warn at a global limit; we enforce our own per call.
 Image.MAX_IMAGE_PIXELS = None
@@ -71,12 +75,48 @@ def load_image(
     ImageTooLargeError. MemoryError is left alone: it is the server's state, not the file's fault.
     """
     label = name or (str(source) if isinstance(source, Path | str) else "image")
+    limit = max_pixels * BYTES_PER_PIXEL if max_bytes is None else max_bytes
+    return _decode(source, label, lambda img: _prepare(img, spec, label, max_pixels, limit))
+
+
+def thumbnail_jpeg(
+    source: bytes | bytearray | memoryview | Path | str,
+    *,
+    size: int,
+    quality: int,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> bytes:
+    """A JPEG of the image as `load_image` sees it (EXIF orientation, high-depth scaling, alpha on
+    `background`), at most `size` px on its long side with its aspect kept: the thumbnails training
+    stores with a model and the studio shows. Same guards and errors as `load_image`."""
+    label = name or (str(source) if isinstance(source, Path | str) else "image")
+
+    def make(img: Image.Image) -> bytes:
+        _check(img, label, max_pixels, max_pixels * BYTES_PER_PIXEL)
+        if img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (size, size))
+        img = _load_upright(img, label, exif_transpose=True)
+        width, height = img.size
+        scale = min(1.0, size / max(width, height, 1))
+        fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
+        out = io.BytesIO()
+        _to_rgb(img, background, fitted).save(out, format="JPEG", quality=quality)
+        return out.getvalue()
+
+    return _decode(source, label, make)
+
+
+def _decode(
+    source: bytes | bytearray | memoryview | Path | str, label: str, use: Callable[[Image.Image], T]
+) -> T:
+    """Open `source` (allowed formats only) and `use` it; every decoding failure an InvalidImageError."""
     if not isinstance(source, Path | str) and not source:
         raise InvalidImageError(f"{label}: empty file")
-    limit = max_pixels * BYTES_PER_PIXEL if max_bytes is None else max_bytes
     try:
         with _open(source) as img:
-            return _prepare(img, spec, label, max_pixels, limit)
+            return use(img)
     except (InvalidImageError, MemoryError):
         raise
     except UnidentifiedImageError as exc:
@@ -110,9 +150,8 @@ def _open(source: bytes | bytearray | memoryview | Path | str) -> Image.Image:
     return Image.open(fp, formats=OPEN_FORMATS)
 
 
-def _prepare(
-    img: Image.Image, spec: Preprocessing, label: str, max_pixels: int, max_bytes: int
-) -> np.ndarray:
+def _check(img: Image.Image, label: str, max_pixels: int, max_bytes: int) -> None:
+    """The format and the size from the header, before any pixel is decoded."""
     if img.format not in IMAGE_FORMATS:  # only if a plugin reports another name than it registered
         raise InvalidImageError(
             f"{label}: format {img.format} is not supported (use JPEG, PNG, WebP, BMP, TIFF or GIF)"
@@ -128,16 +167,25 @@ def _prepare(
             f"{label}: {width}x{height} in mode {img.mode} takes {decoded_bytes(img):,} bytes decoded, "
             f"over the limit of {max_bytes:,}; downscale it or save it with 8 bits per channel"
         )
+
+
+def _prepare(
+    img: Image.Image, spec: Preprocessing, label: str, max_pixels: int, max_bytes: int
+) -> np.ndarray:
+    _check(img, label, max_pixels, max_bytes)
     size = (spec.image_size, spec.image_size)
     if spec.jpeg_draft and img.format in ("JPEG", "MPO"):
         # DCT scaling: decode at 1/2, 1/4 or 1/8 while staying >= the target size.
         img.draft("RGB", size)
+    img = _load_upright(img, label, exif_transpose=spec.exif_transpose)
+    return np.asarray(_to_rgb(img, spec.alpha_background, size), dtype=np.uint8)
+
+
+def _load_upright(img: Image.Image, label: str, *, exif_transpose: bool) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EXIF/metadata oddities are not the user's problem
         img.load()
-        if spec.exif_transpose:
-            img = _exif_transpose(img, label)
-    return np.asarray(_to_rgb(img, spec.alpha_background, size), dtype=np.uint8)
+        return _exif_transpose(img, label) if exif_transpose else img
 
 
 def _exif_transpose(img: Image.Image, label: str) -> Image.Image:

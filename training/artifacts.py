@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from service.errors import ImageTooLargeError, InvalidImageError
 from service.manifest import Preprocessing, atomic_write_bytes
+from service.preprocess import thumbnail_jpeg
 from training.features import write_cache_file
 
 PROGRESS = "progress.jsonl"
@@ -108,28 +110,10 @@ THUMBNAIL_QUALITY = 80
 
 
 def _thumbnail(path: Path) -> bytes | None:
-    from PIL import Image
-
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            img = _upright(img).convert("RGB")
-            img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=THUMBNAIL_QUALITY)
-            return buf.getvalue()
-    except Exception:  # unreadable images were left out of training already
+        return thumbnail_jpeg(path, size=THUMBNAIL_SIZE, quality=THUMBNAIL_QUALITY)
+    except (InvalidImageError, ImageTooLargeError, OSError):  # left out of training already
         return None
-
-
-def _upright(img):  # PIL.Image.Image -> PIL.Image.Image
-    """Turned by its EXIF orientation, or left as stored when that metadata is corrupt."""
-    from PIL import ImageOps
-
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # corrupt EXIF raises struct.error, TypeError...; the pixels are still good
-        return img
 
 
 def _upright_size(path: Path) -> tuple[int, int]:

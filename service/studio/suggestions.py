@@ -7,15 +7,15 @@ sessions, adaptive batching and the manifest's preprocessing, exactly as /predic
 the page asked for, and each content once per model: the scores are kept in SQLite
 (`suggestion_scores`: model, sha256 -> JSON list aligned with the model's labels).
 
-Thumbnails are JPEGs at most `THUMBNAIL_PX` on the long side, made with Pillow from the stored
-content on first use and kept under the data folder by content hash (written atomically), so the
+Thumbnails are JPEGs at most `THUMBNAIL_PX` on the long side, made by
+`service.preprocess.thumbnail_jpeg` (decoded as training and serving decode) from the stored content
+on first use and kept under the data folder by content hash (written atomically), so the
 URL of an image's thumbnail can be cached by browsers for long.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-import numpy as np
-from PIL import Image, ImageOps
 
-from service.errors import RequestError
+from service.errors import ImageTooLargeError, InvalidImageError, RequestError
 from service.files import atomic_write_bytes
-from service.preprocess import OPEN_FORMATS
+from service.preprocess import thumbnail_jpeg
 from service.server.batcher import OverloadedError
 from service.server.http.uploads import InputFile
 from service.studio.db import Database
@@ -113,8 +111,12 @@ def thumbnail(folder: Path, blob: Path, sha256: str, *, max_pixels: int) -> byte
     except FileNotFoundError:
         pass
     try:
-        data = make_thumbnail(blob.read_bytes(), max_pixels=max_pixels)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        data = thumbnail_jpeg(
+            blob, size=THUMBNAIL_PX, quality=THUMBNAIL_QUALITY, name=sha256, max_pixels=max_pixels
+        )
+    except ImageTooLargeError as exc:
+        raise RequestError(f"image_id: {exc}", field="image_id", status=413) from None
+    except (InvalidImageError, OSError) as exc:
         # Uploads were decoded once before they were kept, so this is a damaged store, not the request.
         logger.warning("studio: no thumbnail of %s: %s", sha256, exc)
         raise RequestError(
@@ -122,30 +124,3 @@ def thumbnail(folder: Path, blob: Path, sha256: str, *, max_pixels: int) -> byte
         ) from None
     atomic_write_bytes(path, data)
     return data
-
-
-def make_thumbnail(data: bytes, *, max_pixels: int, size: int = THUMBNAIL_PX) -> bytes:
-    """An RGB JPEG of `data` at most `size` px on its long side (EXIF orientation applied)."""
-    with Image.open(io.BytesIO(data), formats=OPEN_FORMATS) as img:
-        if img.width * img.height > max_pixels:
-            raise RequestError("image: too large to make a thumbnail of", field="image_id", status=413)
-        img.draft("RGB", (size, size))  # JPEG: decode at a fraction of the size
-        out = _rgb(ImageOps.exif_transpose(img))
-    out.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    out.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
-    return buffer.getvalue()
-
-
-def _rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):  # 16/32-bit and float: scaled to 8 bits
-        values = np.asarray(img, dtype=np.float64)
-        top = float(np.nanmax(values)) if values.size else 0.0
-        values = np.nan_to_num(values / top * 255.0 if top > 0 else values)
-        img = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    return img.convert("RGB")

@@ -476,3 +476,39 @@ def test_bomb_is_rejected_from_the_header_before_decoding() -> None:
     # Decoding would fail as a truncated file (plain InvalidImageError); the size check must come first.
     with pytest.raises(ImageTooLargeError, match="50000x50000"):
         load_image(bomb, SPEC, name="bomb.png")
+
+
+# --- thumbnail_jpeg: the thumbnails training stores and the studio shows ------------------------------
+
+
+def _thumb(data: bytes, **kw: object) -> Image.Image:
+    out = preprocess.thumbnail_jpeg(data, size=64, quality=90, **kw)
+    img = Image.open(io.BytesIO(out))
+    assert img.format == "JPEG" and img.mode == "RGB"
+    return img
+
+
+def test_thumbnail_keeps_the_aspect_and_never_enlarges() -> None:
+    assert _thumb(_encode(Image.new("RGB", (400, 100), (200, 10, 10)), "PNG")).size == (64, 16)
+    assert _thumb(_encode(Image.new("RGB", (30, 20), (200, 10, 10)), "PNG")).size == (30, 20)
+
+
+def test_thumbnail_turns_by_exif_orientation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to show
+    data = _encode(Image.new("RGB", (200, 100), (10, 200, 10)), "JPEG", exif=exif.tobytes())
+    assert _thumb(data).size == (32, 64)
+
+
+def test_thumbnail_scales_16_bit_and_puts_alpha_on_white() -> None:
+    grey = Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16))  # half of 16-bit full scale
+    assert abs(int(np.asarray(_thumb(_encode(grey, "PNG")))[..., 0].mean()) - 127) <= 2  # not clipped to 255
+    clear = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    assert np.asarray(_thumb(_encode(clear, "PNG"))).min() >= 250  # transparent -> the white background
+
+
+def test_thumbnail_has_load_images_guards() -> None:
+    with pytest.raises(ImageTooLargeError):
+        _thumb(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=100 * 99)
+    with pytest.raises(InvalidImageError, match="not a readable image"):
+        _thumb(b"not an image at all", name="junk.jpg")
