@@ -146,9 +146,18 @@ def int8_features(
     return rows.astype(np.float32, copy=False), kept, len(todo)
 
 
-def quantize_fused(source: Path, target: Path, calibration: np.ndarray, *, input_name: str) -> None:
+def quantize_fused(
+    source: Path,
+    target: Path,
+    calibration: np.ndarray,
+    *,
+    input_name: str,
+    quantized: dict[str, Any] | None = None,
+) -> None:
     """A fused graph's int8 copy as `fit()` makes it: the backbone quantized, the head kept fp32
-    (for `manylabel quantize`); a graph without a `features` tensor is quantized whole."""
+    (for `manylabel quantize`); a graph without a `features` tensor is quantized whole.
+    `quantized` (sha256 of a backbone graph -> its int8 graph), shared between calls, quantizes the
+    backbone that best and last share once."""
     import tempfile
 
     import onnx
@@ -160,11 +169,16 @@ def quantize_fused(source: Path, target: Path, calibration: np.ndarray, *, input
     if not head.graph.node:
         quantize.quantize_graph(source, target, calibration, input_name=input_name)
         return
-    with tempfile.TemporaryDirectory(prefix="manylabel-int8-") as tmp:
-        fp32, int8 = Path(tmp) / "backbone.onnx", Path(tmp) / "backbone.int8.onnx"
-        onnx.save(backbone_graph(fused), str(fp32))
-        quantize.quantize_graph(fp32, int8, calibration, input_name=input_name)
-        atomic_write_bytes(target, attach(onnx.load(str(int8)), head).SerializeToString())
+    backbone = backbone_graph(fused).SerializeToString()
+    key = hashlib.sha256(backbone).hexdigest()
+    cache = {} if quantized is None else quantized
+    if key not in cache:
+        with tempfile.TemporaryDirectory(prefix="manylabel-int8-") as tmp:
+            fp32, int8 = Path(tmp) / "backbone.onnx", Path(tmp) / "backbone.int8.onnx"
+            fp32.write_bytes(backbone)
+            quantize.quantize_graph(fp32, int8, calibration, input_name=input_name)
+            cache[key] = onnx.load(str(int8))
+    atomic_write_bytes(target, attach(cache[key], head).SerializeToString())
 
 
 def _session(model: Any):  # onnx.ModelProto -> onnxruntime.InferenceSession

@@ -269,13 +269,15 @@ def _quantize_all(
     model_dir: Path, manifest: Manifest, cal: np.ndarray, method: str
 ) -> tuple[dict[str, str], dict[str, Variant]]:
     """Quantize best and last (backbone int8, head fp32: `int8_cache.quantize_fused`): which -> int8
-    file, and the dropped variant of any that failed. Identical fp32 graphs are quantized once."""
+    file, and the dropped variant of any that failed. Identical fp32 graphs, and the backbone they
+    share, are quantized once."""
     from training.int8_cache import quantize_fused
 
     sha = {f.path: f.sha256 for f in manifest.files}
     made: dict[str, str] = {}
     failed: dict[str, Variant] = {}
     done: dict[str, str] = {}  # fp32 sha256 -> int8 file already written
+    backbones: dict[str, object] = {}  # best and last share their backbone: quantized once
     for which in WHICH_MODELS:
         entry = manifest.models[which]
         target = int8_file(entry.file)
@@ -289,6 +291,7 @@ def _quantize_all(
                     model_dir / target,
                     cal,
                     input_name=manifest.preprocessing.input_name,
+                    quantized=backbones,
                 )
         except Exception as exc:  # a model that cannot be quantized still serves fp32
             log.exception("int8 quantization of %s failed", entry.file)

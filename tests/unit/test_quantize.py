@@ -206,6 +206,40 @@ def test_a_fused_graph_gets_an_int8_backbone_and_keeps_its_fp32_head(tmp_path: P
     assert 0 < np.abs(fp32 - int8).max() < 0.05
 
 
+def test_best_and_last_share_one_quantized_backbone(tmp_path: Path, monkeypatch) -> None:
+    """Two fused graphs with one backbone and different heads: the backbone is quantized once."""
+    import onnx
+
+    from training.export import fuse
+    from training.int8_cache import quantize_fused
+
+    backbone = onnx.load(str(tiny_backbone(tmp_path / "backbone.onnx")))
+    for seed, which in enumerate(("best", "last")):
+        w = np.random.default_rng(seed).normal(0, 0.5, (8, 3)).astype(np.float32)
+        onnx.save(
+            fuse(backbone, [(w, np.zeros(3, np.float32))], output_name="scores"),
+            str(tmp_path / f"{which}.onnx"),
+        )
+    calls = []
+    real = quantize.quantize_graph
+    monkeypatch.setattr(quantize, "quantize_graph", lambda *a, **k: calls.append(a) or real(*a, **k))
+    images = np.stack([load_image(i, Preprocessing(image_size=SIZE)) for i in IMAGES])
+    shared: dict = {}
+    for which in ("best", "last"):
+        quantize_fused(
+            tmp_path / f"{which}.onnx",
+            tmp_path / f"{which}.int8.onnx",
+            images,
+            input_name="image",
+            quantized=shared,
+        )
+    assert len(calls) == 1 and len(shared) == 1
+    best, last = _scores(tmp_path / "best.int8.onnx", IMAGES), _scores(tmp_path / "last.int8.onnx", IMAGES)
+    assert np.abs(best - last).max() > 0.01  # each kept its own head
+    for which, scores in (("best", best), ("last", last)):
+        assert np.abs(_scores(tmp_path / f"{which}.onnx", IMAGES) - scores).max() < 0.05
+
+
 # --- the manifest ---------------------------------------------------------------------------------
 
 
