@@ -154,10 +154,8 @@ def quantize_fused(
     input_name: str,
     quantized: dict[str, Any] | None = None,
 ) -> None:
-    """A fused graph's int8 copy as `fit()` makes it: the backbone quantized, the head kept fp32
-    (for `manylabel quantize`); a graph without a `features` tensor is quantized whole.
-    `quantized` (sha256 of a backbone graph -> its int8 graph), shared between calls, quantizes the
-    backbone that best and last share once."""
+    """A fused graph's int8 copy as `fit()` makes it (backbone int8, head fp32; no `features` tensor:
+    quantized whole). `quantized` (backbone sha256 -> int8 graph), shared, quantizes a backbone once."""
     import tempfile
 
     import onnx
@@ -170,8 +168,7 @@ def quantize_fused(
         quantize.quantize_graph(source, target, calibration, input_name=input_name)
         return
     backbone = backbone_graph(fused).SerializeToString()
-    key = hashlib.sha256(backbone).hexdigest()
-    cache = {} if quantized is None else quantized
+    key, cache = hashlib.sha256(backbone).hexdigest(), {} if quantized is None else quantized
     if key not in cache:
         with tempfile.TemporaryDirectory(prefix="manylabel-int8-") as tmp:
             fp32, int8 = Path(tmp) / "backbone.onnx", Path(tmp) / "backbone.int8.onnx"

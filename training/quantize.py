@@ -269,15 +269,13 @@ def _quantize_all(
     model_dir: Path, manifest: Manifest, cal: np.ndarray, method: str
 ) -> tuple[dict[str, str], dict[str, Variant]]:
     """Quantize best and last (backbone int8, head fp32: `int8_cache.quantize_fused`): which -> int8
-    file, and the dropped variant of any that failed. Identical fp32 graphs, and the backbone they
-    share, are quantized once."""
+    file, and the dropped variant of any that failed. Shared graphs and backbones: quantized once."""
     from training.int8_cache import quantize_fused
 
     sha = {f.path: f.sha256 for f in manifest.files}
-    made: dict[str, str] = {}
-    failed: dict[str, Variant] = {}
+    made, failed = {}, {}  # which -> int8 file; which -> the dropped Variant
     done: dict[str, str] = {}  # fp32 sha256 -> int8 file already written
-    backbones: dict[str, object] = {}  # best and last share their backbone: quantized once
+    done_backbones: dict[str, object] = {}  # backbone sha256 -> its int8 graph
     for which in WHICH_MODELS:
         entry = manifest.models[which]
         target = int8_file(entry.file)
@@ -291,7 +289,7 @@ def _quantize_all(
                     model_dir / target,
                     cal,
                     input_name=manifest.preprocessing.input_name,
-                    quantized=backbones,
+                    quantized=done_backbones,
                 )
         except Exception as exc:  # a model that cannot be quantized still serves fp32
             log.exception("int8 quantization of %s failed", entry.file)
