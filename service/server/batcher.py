@@ -27,6 +27,13 @@ class Batcher:
     service adds no latency. With `max_latency_ms` > 0 a worker waits up to that long for more
     images while the batch is not full (worth it on a GPU). Answers "overloaded" only when more
     than `max_queue` images wait, never because of latency.
+
+    A call is *crowded* when, with several workers, another one is busy, or images wait or are on
+    their way (announced with `expect` while they decode) after it took its batch: then it runs
+    `infer_crowded` (a narrow session, so overlapping calls share the cores instead of
+    oversubscribing them) where one is given, else `infer`. Counting the images on their way
+    matters: without it, at 8 requests in flight a worker often found the queue empty for a moment,
+    ran wide, and overlapped the next call.
     """
 
     def __init__(
@@ -39,8 +46,11 @@ class Batcher:
         max_queue: int = 2048,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "infer",
+        infer_crowded: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self._infer = infer
+        self._infer_crowded = infer_crowded or infer
+        self._workers = workers
         self._max_batch = max_batch_size
         self._max_wait = max_latency_ms / 1000.0
         self._max_queue = max_queue
@@ -48,6 +58,7 @@ class Batcher:
         self._queue: deque[tuple[np.ndarray, Done, float]] = deque()
         self._ready = threading.Condition()
         self._idle = workers
+        self._coming = 0  # images announced with `expect`, not yet `put`
         self._closed = False
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)
@@ -55,9 +66,18 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def put(self, image: np.ndarray, done: Done) -> None:
-        """Queue one (S, S, 3) image; `done(scores, error)` is called from a worker thread."""
+    def expect(self, count: int) -> None:
+        """`count` more (negative: fewer) images are on their way: decoding, to be `put(expected=True)`
+        or dropped with `expect(-1)`."""
         with self._ready:
+            self._coming += count
+
+    def put(self, image: np.ndarray, done: Done, *, expected: bool = False) -> None:
+        """Queue one (S, S, 3) image; `done(scores, error)` is called from a worker thread.
+        `expected`: the image was announced with `expect` (it is no longer on its way, even when refused)."""
+        with self._ready:
+            if expected:
+                self._coming -= 1
             if len(self._queue) >= self._max_queue:
                 raise OverloadedError(f"{len(self._queue)} images are waiting for inference; retry later")
             self._queue.append((image, done, time.monotonic()))
@@ -75,7 +95,8 @@ class Batcher:
             self._closed = True
             self._ready.notify_all()
 
-    def _take(self) -> list[tuple[np.ndarray, Done, float]] | None:
+    def _take(self) -> tuple[list[tuple[np.ndarray, Done, float]], bool] | None:
+        """The next batch for a worker, and whether it is crowded; None when closed."""
         with self._ready:
             while True:
                 if self._closed:
@@ -91,14 +112,19 @@ class Batcher:
             # the others idle while it works through a big batch.
             take = min(self._max_batch, -(-len(self._queue) // self._idle))
             jobs = [self._queue.popleft() for _ in range(min(take, len(self._queue)))]
+            crowded = self._workers > 1 and (
+                self._idle < self._workers or bool(self._queue) or self._coming > 0
+            )
             self._idle -= 1
-            return jobs
+            return jobs, crowded
 
     def _work(self) -> None:
-        while (jobs := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            jobs, crowded = taken
+            infer = self._infer_crowded if crowded else self._infer
             start = time.perf_counter()
             try:
-                scores, error = self._infer(np.stack([job[0] for job in jobs])), None
+                scores, error = infer(np.stack([job[0] for job in jobs])), None
             except Exception as exc:  # handed to every waiting request
                 scores, error = None, exc
             with self._ready:

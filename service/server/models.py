@@ -225,4 +225,3 @@ def _variants(manifest: Any) -> set[str]:
         variants = getattr(entry, "variants", None) or {}
         names.update(k for k, v in variants.items() if getattr(v, "kept", True))
     return names
-

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,8 +22,9 @@ from service.custom_thresholds import ThresholdFile
 from service.errors import ImageTooLargeError, InvalidImageError, RequestError, ThresholdError
 from service.manifest import WHICH_MODELS
 from service.preprocess import load_image
-from service.server.batcher import Batcher, settle
+from service.server.batcher import Batcher
 from service.server.http.uploads import IMAGES_FIELD, InputFile
+from service.server.request_images import RequestImages
 from service.server.runtime import ModelRuntime
 from service.server.settings import Settings, get_settings
 from service.store import StoredModel, load_model
@@ -83,10 +83,13 @@ class Predictor:
         self.runtime = ModelRuntime(stored.path, self.manifest, self.settings)
         self.runtime.warm_up()
         self.tuning = self.runtime.tuning
-        self._decode_pool = ThreadPoolExecutor(self.tuning.decode_threads, thread_name_prefix="decode")
+        self.decode_pool = ThreadPoolExecutor(self.tuning.decode_threads, thread_name_prefix="decode")
         self._batchers = {  # one per (which, precision) served
             (which, precision): Batcher(
                 lambda batch, which=which, precision=precision: self.runtime.run(which, batch, precision),
+                infer_crowded=lambda batch, which=which, precision=precision: self.runtime.run(
+                    which, batch, precision, crowded=True
+                ),
                 workers=self.tuning.inference_workers,
                 max_batch_size=self.tuning.max_batch_size,
                 max_latency_ms=self.tuning.max_latency_ms,
@@ -94,7 +97,7 @@ class Predictor:
                 on_batch=(lambda n, s, which=which: on_batch(which, n, s)) if on_batch else None,
                 name=f"infer-{which}-{precision}",
             )
-            for which, precision in self.runtime.sessions
+            for which, precision in self.runtime.graphs
         }
         # Images of one request in flight at once: enough to keep every thread busy, few enough
         # that a 1000-image zip neither holds 1000 decoded arrays nor fills the queue alone.
@@ -108,7 +111,7 @@ class Predictor:
         return cls(load_model(name, version), settings or get_settings(), **kw)
 
     def close(self) -> None:
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
         for batcher in self._batchers.values():
             batcher.close()
 
@@ -167,7 +170,7 @@ class Predictor:
             return self._predictions(files, empty, which, thresholds, precision)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[np.ndarray]] = loop.create_future()
-        _Request(self, files, self._batchers[(which, precision)], loop, future, self._window).start()
+        RequestImages(self, files, self._batchers[(which, precision)], loop, future, self._window).start()
         rows = await future
         return self._predictions(files, np.stack(rows), which, thresholds, precision)
 
@@ -256,70 +259,6 @@ class Predictor:
                 **{pkg: _version(pkg) for pkg in ("manylabel", "bentoml", "onnxruntime-gpu")},
             },
         }
-
-
-class _Request:
-    """One request's images on their way through the decode pool and the batcher (thread-safe).
-
-    At most `window` images are decoded or queued at once; each scored image lets the next one
-    in. The first error fails the request and stops its remaining work.
-    """
-
-    def __init__(
-        self,
-        predictor: Predictor,
-        files: Sequence[InputFile],
-        batcher: Batcher,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future,
-        window: int,
-    ) -> None:
-        self.predictor, self.batcher, self.loop, self.future = predictor, batcher, loop, future
-        self.rows: list[np.ndarray | None] = [None] * len(files)
-        self.remaining = len(files)
-        self.pending = iter(enumerate(files))
-        self.window = window
-        self.lock = threading.Lock()
-        self.failed = False
-
-    def start(self) -> None:
-        for _ in range(self.window):
-            self._decode_next()
-
-    def _decode_next(self) -> None:
-        with self.lock:
-            item = None if self.failed or self.future.done() else next(self.pending, None)
-        if item is not None:
-            self.predictor._decode_pool.submit(self._decode, *item)
-
-    def _decode(self, index: int, file: InputFile) -> None:  # on a decode thread
-        if self.failed or self.future.done():  # failed, or the client went away
-            return
-        try:
-            image = self.predictor.decode(file)
-            self.batcher.put(image, lambda scores, error: self._scored(index, scores, error))
-        except BaseException as exc:
-            self._fail(exc)
-
-    def _scored(self, index: int, scores: np.ndarray | None, error: BaseException | None) -> None:
-        if error is not None:
-            self._fail(error)
-            return
-        with self.lock:
-            self.rows[index] = scores
-            self.remaining -= 1
-            finished = self.remaining == 0
-        if finished:
-            self.loop.call_soon_threadsafe(settle, self.future, self.rows, None)
-        else:
-            self._decode_next()
-
-    def _fail(self, error: BaseException) -> None:
-        with self.lock:
-            if self.failed:
-                return
-            self.failed = True
-        self.loop.call_soon_threadsafe(settle, self.future, None, error)
 
 
 def _version(package: str) -> str | None:

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from service.errors import ManifestError, RequestError
 from service.manifest import WHICH_MODELS, Manifest, ModelEntry
+from service.server.graph import Graph
 from service.server.settings import Settings, Tuning
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,10 @@ def no_int8(entry: ModelEntry) -> str | None:
 class ModelRuntime:
     """The sessions of one model, best and last at each precision served, checked against its manifest.
 
-    Only the precisions a request can ask for are opened (`served_precisions`): at most four sessions
-    (best and last, int8 and fp32), ~4x Lite0's weights and arenas, well inside a 3 GiB replica.
+    Only the precisions a request can ask for are opened (`served_precisions`): at most four graphs
+    (best and last, int8 and fp32), ~4x Lite0's weights and arenas, well inside a 3 GiB replica. On
+    the CPU with several inference workers, a graph whose calls overlap also opens a narrow session
+    (`graph.Graph`: cores / workers intra-op threads), the first time they do.
     """
 
     def __init__(self, model_dir: Path, manifest: Manifest, settings: Settings) -> None:
@@ -128,7 +131,7 @@ class ModelRuntime:
         self.input_name = manifest.preprocessing.input_name
         self.output_name = manifest.output_name
         self.requested_precision = settings.precision
-        self.sessions: dict[tuple[str, str], ort.InferenceSession] = {}
+        self.graphs: dict[tuple[str, str], Graph] = {}
         intra = settings.tuning(gpu=False).intra_op_threads  # does not depend on the provider
         # The first session probes the provider; it is one that every outcome serves (fp32, or int8
         # when pinned and present), so the probe is never an extra session.
@@ -138,6 +141,7 @@ class ModelRuntime:
             Path(model_dir) / best.file_for(probe), provider=settings.provider, intra_op_threads=intra
         )
         self.provider = report
+        self.tuning: Tuning = settings.tuning(gpu=report.gpu)
         self.precisions: dict[str, tuple[str, ...]] = {}
         self.precision_notes: dict[str, str] = {}
         for which in WHICH_MODELS:
@@ -154,8 +158,11 @@ class ModelRuntime:
                     provider = "cuda" if report.gpu else "cpu"
                     opened, _ = open_session(path, provider=provider, intra_op_threads=intra)
                 self._check_io(f"{which} {precision}", opened)
-                self.sessions[(which, precision)] = opened
-        self.tuning: Tuning = settings.tuning(gpu=report.gpu)
+                self.graphs[(which, precision)] = Graph(
+                    opened,
+                    self._narrow_opener(model_dir, entry.file_for(precision)),
+                    name=f"{which}-{precision}",
+                )
         logger.info(
             "model %s: onnxruntime provider %s (requested %s)%s; precisions %s%s",
             manifest.name,
@@ -192,6 +199,15 @@ class ModelRuntime:
             "notes": self.precision_notes,
         }
 
+    def _narrow_opener(self, model_dir: Path, file: str):
+        """How to open a graph's narrow session; None where it would be the wide one (a GPU, one
+        worker, or as many workers as intra-op threads)."""
+        tuning = self.tuning
+        if self.provider.gpu or tuning.crowded_intra_op_threads >= tuning.intra_op_threads:
+            return None
+        path, threads = Path(model_dir) / file, tuning.crowded_intra_op_threads
+        return lambda: open_session(path, provider="cpu", intra_op_threads=threads)[0]
+
     def _check_io(self, which: str, session: ort.InferenceSession) -> None:
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
@@ -201,17 +217,20 @@ class ModelRuntime:
                 f"expects input {self.input_name!r} and output {self.output_name!r}: re-export the model"
             )
 
-    def run(self, which: str, batch: np.ndarray, precision: str | None = None) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, L) float32 scores, at `precision` (default: the model's)."""
-        session = self.sessions[(which, precision or self.precisions[which][0])]
-        (scores,) = session.run([self.output_name], {self.input_name: batch})
+    def run(
+        self, which: str, batch: np.ndarray, precision: str | None = None, *, crowded: bool = False
+    ) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, L) float32 scores, at `precision` (default: the model's).
+        `crowded`: other inference calls overlap this one (the narrow session, once open)."""
+        graph = self.graphs[(which, precision or self.precisions[which][0])]
+        (scores,) = graph.run([self.output_name], {self.input_name: batch}, crowded=crowded)
         return scores
 
     def warm_up(self) -> None:
         """One inference per session, checking the output shape against the labels."""
         size = self.manifest.preprocessing.image_size
         blank = np.zeros((1, size, size, 3), dtype=np.uint8)
-        for which, precision in self.sessions:
+        for which, precision in self.graphs:
             scores = self.run(which, blank, precision)
             if scores.shape != (1, len(self.manifest.labels)):
                 raise ManifestError(

@@ -1,12 +1,14 @@
 """Service settings: one pydantic object, read once from `MANYLABEL_*` environment variables.
 
 Every knob has its default and a one-line comment here. Tuning values left at `None` are chosen
-per execution provider by `Settings.tuning()`, from measurements on a 2-core CPU
-(EfficientNet-Lite0, 224 px): batch 1 and batch 8 cost the same per image there, so the CPU
-defaults batch greedily (no waiting) into one onnxruntime call at a time that uses every core (a
-second concurrent call only oversubscribed the cores: 256-px images at 32 in flight went from
-127 to 135 images/s with one, the same at 1 and 8 in flight); a GPU wants bigger batches and a
-short wait to fill them.
+per execution provider by `Settings.tuning()`, from measurements on a 2-core AVX2 CPU
+(EfficientNet-Lite1, 240 px, fp32, onnxruntime alone): one call alone is fastest with every core
+as intra-op threads (batch 1: 75 images/s vs 44 with one thread), but under load the best use of
+the cores is one inference call per core, each on a 1-thread session, in small batches (2 calls x
+batch 1-4: 96-105 images/s; one 2-thread call at batch 8: 87, batch 16: 70, as activations outgrow
+the caches). So the CPU runs `cores` inference workers, batches greedily (no waiting) up to 4, and a
+call that overlaps others uses a narrow session of cores / workers threads (`graph.Graph`). A GPU
+wants one worker, bigger batches and a short wait to fill them.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ class Settings(BaseModel):
     # on CUDA (int8 and fp16 are unmeasured on a GPU); fp32 / int8: that precision only.
     precision: PrecisionSetting = "auto"
     intra_op_threads: int | None = Field(None, ge=1)  # threads per onnxruntime call; None: CPU cores
-    inference_workers: int | None = Field(None, ge=1)  # concurrent onnxruntime calls; None: 1
+    inference_workers: int | None = Field(None, ge=1)  # concurrent onnxruntime calls; None: intra CPU, 1 GPU
     decode_threads: int | None = Field(None, ge=1)  # image decode threads; None: CPU cores
-    max_batch_size: int | None = Field(None, ge=1)  # images per onnxruntime call; None: 16 CPU, 64 GPU
+    max_batch_size: int | None = Field(None, ge=1)  # images per onnxruntime call; None: 4 CPU, 64 GPU
     max_latency_ms: float | None = Field(None, ge=0)  # longest wait for batch-mates; None: 0 CPU, 5 GPU
     max_queue: int = Field(2048, ge=1)  # images waiting for inference before answering 503
     # --- limits on what a request may send -----------------------------------------------------
@@ -86,18 +88,22 @@ class Settings(BaseModel):
     def tuning(self, *, gpu: bool) -> Tuning:
         """Concrete execution values for the provider actually in use."""
         cores = os.cpu_count() or 1
+        intra = self.intra_op_threads or cores  # few ops stay on the CPU with a GPU
+        workers = self.inference_workers or (1 if gpu else intra)  # CPU: a call per core under load
         return Tuning(
-            intra_op_threads=self.intra_op_threads or cores,  # few ops stay on the CPU with a GPU
-            inference_workers=self.inference_workers or 1,
+            intra_op_threads=intra,
+            crowded_intra_op_threads=max(1, intra // workers),
+            inference_workers=workers,
             decode_threads=self.decode_threads or cores,
-            max_batch_size=self.max_batch_size or (64 if gpu else 16),
+            max_batch_size=self.max_batch_size or (64 if gpu else 4),
             max_latency_ms=self.max_latency_ms if self.max_latency_ms is not None else (5.0 if gpu else 0.0),
         )
 
 
 @dataclass(frozen=True)
 class Tuning:
-    intra_op_threads: int
+    intra_op_threads: int  # of a call that runs alone
+    crowded_intra_op_threads: int  # of a call that overlaps others (CPU): intra / workers
     inference_workers: int
     decode_threads: int
     max_batch_size: int

@@ -305,7 +305,7 @@ def test_auto_on_cuda_opens_fp32_only(tmp_path: Path, monkeypatch: pytest.Monkey
     opened = _fake_cuda(monkeypatch)
     rt = ModelRuntime(tmp_path, _int8_model(tmp_path), Settings(provider="auto"))
     assert rt.provider.gpu and opened == ["best.onnx", "last.onnx"]
-    assert set(rt.sessions) == {("best", "fp32"), ("last", "fp32")}
+    assert set(rt.graphs) == {("best", "fp32"), ("last", "fp32")}
     assert rt.precision_summary()["default"] == {"best": "fp32", "last": "fp32"}
     assert rt.tuning.max_batch_size == 64  # GPU tuning follows the probed provider
     with pytest.raises(RequestError, match="auto serves fp32 on CUDA") as info:
@@ -317,12 +317,12 @@ def test_int8_on_cuda_when_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyP
     opened = _fake_cuda(monkeypatch)  # mocked GPU, as above
     rt = ModelRuntime(tmp_path, _int8_model(tmp_path), Settings(provider="cuda", precision="int8"))
     assert opened == ["best.int8.onnx", "last.int8.onnx"]  # the probe is an int8 session: no extra one
-    assert set(rt.sessions) == {("best", "int8"), ("last", "int8")}
+    assert set(rt.graphs) == {("best", "int8"), ("last", "int8")}
 
 
 def test_auto_on_cpu_opens_int8_and_fp32(tmp_path: Path) -> None:
     rt = ModelRuntime(tmp_path, _int8_model(tmp_path), Settings(provider="cpu"))
-    assert set(rt.sessions) == {(w, p) for w in ("best", "last") for p in ("int8", "fp32")}
+    assert set(rt.graphs) == {(w, p) for w in ("best", "last") for p in ("int8", "fp32")}
     rt.warm_up()
     batch = np.full((1, 16, 16, 3), 200, np.uint8)
     assert rt.precision("best") == "int8" and rt.precision("best", "fp32") == "fp32"
@@ -333,7 +333,7 @@ def test_auto_on_cpu_opens_int8_and_fp32(tmp_path: Path) -> None:
 
 def test_pinned_fp32_opens_and_serves_fp32_only(tmp_path: Path) -> None:
     rt = ModelRuntime(tmp_path, _int8_model(tmp_path), Settings(provider="cpu", precision="fp32"))
-    assert set(rt.sessions) == {("best", "fp32"), ("last", "fp32")}
+    assert set(rt.graphs) == {("best", "fp32"), ("last", "fp32")}
     with pytest.raises(
         RequestError, match=r"'int8' is not served .*MANYLABEL_PRECISION=fp32\); served: fp32"
     ):

@@ -1,0 +1,196 @@
+"""Overlapping inference calls on the CPU: which calls are crowded (batcher.py), the narrow session
+opened for them (graph.py, runtime.py), images announced on their way (request_images.py), defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from service.errors import RequestError
+from service.manifest import Backbone, Manifest, ModelEntry, Preprocessing, file_entry
+from service.server.batcher import Batcher
+from service.server.http.uploads import InputFile
+from service.server.request_images import RequestImages
+from service.server.runtime import ModelRuntime
+from service.server.settings import Settings
+
+IMAGE = np.zeros((2, 2, 3), np.uint8)
+
+
+class Gate:
+    """An infer callable that records its calls and blocks each one until `release` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.entered.set()
+        assert self.release.wait(5)
+        return np.zeros((len(batch), 1), np.float32)
+
+
+def test_a_lone_call_runs_wide_and_a_call_beside_it_runs_crowded() -> None:
+    wide, crowded = Gate(), Gate()
+    batcher = Batcher(wide, infer_crowded=crowded, workers=2, max_batch_size=4)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(IMAGE))
+        await asyncio.to_thread(wide.entered.wait, 5)  # the first call is running, alone
+        second = asyncio.ensure_future(batcher.submit(IMAGE))
+        await asyncio.to_thread(crowded.entered.wait, 5)  # the second one overlaps it
+        wide.release.set()
+        crowded.release.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(main())
+    assert (wide.calls, crowded.calls) == (1, 1)
+    batcher.close()
+
+
+def test_images_on_their_way_make_a_call_crowded() -> None:
+    wide, crowded = Gate(), Gate()
+    wide.release.set()
+    crowded.release.set()
+    batcher = Batcher(wide, infer_crowded=crowded, workers=2, max_batch_size=4)
+
+    async def main() -> None:
+        batcher.expect(1)  # another image is decoding
+        await batcher.submit(IMAGE)
+        assert (wide.calls, crowded.calls) == (0, 1)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        # the announced image arrives: nothing is on its way any more, so its call runs alone
+        batcher.put(IMAGE, lambda s, e: loop.call_soon_threadsafe(done.set_result, s), expected=True)
+        await done
+        assert (wide.calls, crowded.calls) == (1, 1)
+
+    asyncio.run(main())
+    batcher.close()
+
+
+def test_one_worker_never_runs_crowded() -> None:
+    wide, crowded = Gate(), Gate()
+    wide.release.set()
+    batcher = Batcher(wide, infer_crowded=crowded, workers=1, max_batch_size=4)
+
+    async def main() -> None:
+        await asyncio.gather(*(batcher.submit(IMAGE) for _ in range(6)))
+
+    batcher.expect(3)
+    asyncio.run(main())
+    assert crowded.calls == 0 and wide.calls >= 2
+    batcher.close()
+
+
+def _request(batcher: Batcher, decode, names: list[str]) -> tuple[list, BaseException | None]:
+    """One request_images.RequestImages over `names` with a stand-in predictor whose decode is `decode`."""
+    pool = ThreadPoolExecutor(2)
+    predictor = SimpleNamespace(decode=decode, decode_pool=pool)
+
+    async def main() -> list:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        files = [InputFile(name=n, data=b"x") for n in names]
+        RequestImages(predictor, files, batcher, loop, future, window=2).start()
+        return await future
+
+    try:
+        return asyncio.run(main()), None
+    except RequestError as exc:
+        return [], exc
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_a_request_leaves_no_image_announced(tmp_path: Path) -> None:
+    model = Gate()
+    model.release.set()
+    batcher = Batcher(model, workers=2, max_batch_size=4)
+
+    def decode(file: InputFile) -> np.ndarray:
+        if file.name == "bad.jpg":
+            raise RequestError("images: 'bad.jpg' is not an image", field="images", file=file.name)
+        return IMAGE
+
+    rows, error = _request(batcher, decode, [f"{i}.jpg" for i in range(5)])
+    assert len(rows) == 5 and error is None
+    rows, error = _request(batcher, decode, ["0.jpg", "bad.jpg", "2.jpg", "3.jpg", "4.jpg"])
+    assert isinstance(error, RequestError) and error.file == "bad.jpg"
+    deadline = time.monotonic() + 5
+    while batcher._coming and time.monotonic() < deadline:  # the failed request's last decodes end
+        time.sleep(0.01)
+    assert batcher._coming == 0  # a leak would make every later lone call run crowded
+    batcher.close()
+
+
+# --- the narrow session -------------------------------------------------------------------------
+
+
+def _model(folder: Path) -> Manifest:
+    from support.tinymodel import tiny_onnx
+
+    for name, seed in {"best.onnx": 1, "last.onnx": 2}.items():
+        tiny_onnx(folder / name, seed=seed, n_labels=2, size=16)
+    return Manifest(
+        name="crowding-test",
+        labels=["a", "b"],
+        backbone=Backbone(id="tiny", package="tests", feature_dim=3),
+        preprocessing=Preprocessing(image_size=16),
+        models={
+            w: ModelEntry(
+                file=f"{w}.onnx", epoch=1, val_loss=0.1, thresholds=[0.5] * 2, threshold_source="oof"
+            )
+            for w in ("best", "last")
+        },
+        files=[file_entry(folder, name) for name in ("best.onnx", "last.onnx")],
+    )
+
+
+def test_the_narrow_session_opens_on_the_first_crowded_call(tmp_path: Path) -> None:
+    settings = Settings(provider="cpu", intra_op_threads=2, inference_workers=2)
+    rt = ModelRuntime(tmp_path, _model(tmp_path), settings)
+    assert rt.tuning.crowded_intra_op_threads == 1
+    graph = rt.graphs[("best", "fp32")]
+    assert graph.narrow is None  # nothing opened before calls overlap
+    batch = np.full((2, 16, 16, 3), 90, np.uint8)
+    alone = rt.run("best", batch)
+    assert not graph.wait_narrow(0) and graph.narrow is None  # a lone call opens nothing
+    first = rt.run("best", batch, crowded=True)  # served by the wide session while narrow opens
+    assert graph.wait_narrow(10)
+    assert graph.wide.get_session_options().intra_op_num_threads == 2
+    assert graph.narrow.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(rt.run("best", batch, crowded=True), alone, rtol=1e-6)
+    np.testing.assert_array_equal(first, alone)
+    assert rt.graphs[("last", "fp32")].narrow is None  # only graphs whose calls overlapped
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(provider="cpu", intra_op_threads=2, inference_workers=1),  # calls never overlap
+        Settings(provider="cpu", intra_op_threads=1),  # a narrow session would be the wide one
+    ],
+)
+def test_no_narrow_session_where_it_would_not_differ(tmp_path: Path, settings: Settings) -> None:
+    rt = ModelRuntime(tmp_path, _model(tmp_path), settings)
+    rt.run("best", np.zeros((1, 16, 16, 3), np.uint8), crowded=True)
+    assert not rt.graphs[("best", "fp32")].wait_narrow(1)
+
+
+def test_cpu_defaults_run_a_call_per_intra_op_thread() -> None:
+    cpu = Settings(intra_op_threads=4).tuning(gpu=False)
+    assert (cpu.inference_workers, cpu.crowded_intra_op_threads, cpu.max_batch_size) == (4, 1, 4)
+    gpu = Settings(intra_op_threads=4).tuning(gpu=True)
+    assert (gpu.inference_workers, gpu.crowded_intra_op_threads, gpu.max_batch_size) == (1, 4, 64)
+    two = Settings(intra_op_threads=8, inference_workers=2).tuning(gpu=False)
+    assert two.crowded_intra_op_threads == 4  # two overlapping calls share the eight threads
