@@ -16,9 +16,11 @@ manylabel with MANYLABEL_PRECISION=int8 (the fp32 rows with MANYLABEL_PRECISION=
 The images are resized copies (longest side 256 and 1000 px, JPEG q90) of the photos in --images,
 written to a temporary folder. Load: serve_quick's lean asyncio HTTP/1.1 client, closed loop
 (each of `conc` connections sends its next request when the previous answer arrives), for
---seconds per cell after a 1 s warm-up. All targets run --rounds times (later rounds in the
-reverse order, servers restarted) and each cell keeps its best round: on a shared machine, noise
-only ever slows a run down. A target that fails keeps its exact error in the results.
+--seconds per cell after a 1 s warm-up per size. Every server is started at the start of a round;
+then each (size, concurrency) cell runs on every target back to back (the order alternating), so a
+slow stretch of a shared host hits the targets of a cell alike. --rounds rounds (servers restarted)
+and each cell keeps its best round: noise only ever slows a run down. A target that fails keeps
+its exact error in the results.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from serve_setup import (  # noqa: E402, F401
     tail,
     wait_quiet,
 )
-from serve_targets import bench_reference, bench_server, best_of, reference_worker  # noqa: E402
+from serve_targets import ReferenceTarget, ServerTarget, best_of, reference_worker  # noqa: E402
 
 
 def default_peers_python() -> str:
@@ -104,6 +106,44 @@ def bench_units(args: argparse.Namespace, manifest) -> list[tuple[str, str]]:
     return units
 
 
+def run_round(
+    args: argparse.Namespace,
+    r: int,
+    units: list[tuple[str, str]],
+    sets: dict[str, Path],
+    model_dir: Path,
+    workdir: Path,
+) -> dict[str, dict]:
+    """One round: every server started, then each (size, concurrency) cell run on every target back
+    to back, so a slow stretch of the host hits the targets of a cell alike; the order alternates
+    between cells and rounds, so no target always runs first or after the same one."""
+    data = {name: [p.read_bytes() for p in sorted(folder.glob("*.jpg"))] for name, folder in sets.items()}
+    targets = {}
+    for target, precision in units:
+        if target == "in-process":
+            targets[result_key(target, precision)] = ReferenceTarget(args, sets, model_dir, precision)
+        else:
+            targets[result_key(target, precision)] = ServerTarget(
+                target, args, data, model_dir, workdir, precision
+            )
+    try:
+        k = 0
+        for name in sets:
+            for t in targets.values():
+                t.warm_up(name)
+            for conc in args.concurrency:
+                keys = list(targets) if (r + k) % 2 == 0 else list(targets)[::-1]
+                for key in keys:
+                    targets[key].cell(name, conc)
+                k += 1
+    finally:
+        results = {key: t.finish() for key, t in targets.items()}
+    for key, result in results.items():
+        if "error" in result:
+            print(f"{key}: {result['error']}", file=sys.stderr, flush=True)
+    return results
+
+
 def run(args: argparse.Namespace) -> dict:
     from service.store import load_model
 
@@ -114,20 +154,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         sets = make_image_sets(args.images, args.sizes, args.limit, workdir / "images")
         units = bench_units(args, stored.manifest)
-        rounds: list[dict[str, dict]] = []
-        for r in range(args.rounds):
-            # Later rounds run the targets in the reverse order, so no target always meets
-            # the same stretch of the host's background noise.
-            order = units if r % 2 == 0 else units[::-1]
-            rounds.append({})
-            for target, precision in order:
-                key = result_key(target, precision)
-                if target == "in-process":
-                    rounds[r][key] = bench_reference(args, sets, stored.path, precision)
-                else:
-                    rounds[r][key] = bench_server(target, args, sets, stored.path, workdir, precision)
-                if "error" in rounds[r][key]:
-                    print(f"{key}: {rounds[r][key]['error']}", file=sys.stderr, flush=True)
+        rounds = [run_round(args, r, units, sets, stored.path, workdir) for r in range(args.rounds)]
         results = {key: best_of([rd[key] for rd in rounds]) for key in rounds[0]}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""One target under closed-loop load: a server over HTTP (`bench_server`) or the in-process reference
-in a process of its own (`bench_reference`); `best_of` merges rounds. Part of benchmarks/serve.py.
+"""The targets under closed-loop load, a cell at a time: a server over HTTP (`ServerTarget`) or the
+in-process reference in a process of its own (`ReferenceTarget`); `best_of` merges rounds.
+Part of benchmarks/serve.py, which runs every target's cell of one (size, concurrency) back to back.
 """
 
 from __future__ import annotations
@@ -30,52 +31,76 @@ from serve_setup import (  # noqa: E402
 )
 
 
-def bench_server(
-    target: str, args, sets: dict[str, Path], model_dir: Path, workdir: Path, precision: str = "fp32"
-) -> dict:
-    port = free_port()
-    env = {**os.environ, "MANYLABEL_MODEL": args.model, "BENTOML_DO_NOT_TRACK": "true"}
-    env["MANYLABEL_PRECISION"] = precision  # pinned: auto would serve int8 in the fp32 rows
-    log = workdir / f"{result_key(target, precision)}.log"
-    cmd = server_command(target, args.model, model_dir, port, args.peers_python, precision)
-    data = {name: [p.read_bytes() for p in sorted(folder.glob("*.jpg"))] for name, folder in sets.items()}
-    first = next(iter(data.values()))[0]
-    started = time.perf_counter()
-    try:
-        proc = start(cmd, env, log, first, port)
-    except Exception as exc:  # recorded, not raised: a peer that cannot run here is a result
-        return {"target": target, "error": f"{exc}\n{tail(log)}".strip(), "command": cmd}
-    start_s = round(time.perf_counter() - started, 1)
-    cells = []
-    try:
-        for name, images in data.items():
-            requests = [encode_request("127.0.0.1", port, f"{i}.jpg", b) for i, b in enumerate(images)]
-            asyncio.run(http_load("127.0.0.1", port, requests, 8, WARM_UP_S))
-            for conc in args.concurrency:
-                server_cpu, client_cpu = tree_cpu_seconds(proc.pid), time.process_time()
-                busy, t0 = machine_busy_seconds(), time.perf_counter()
-                try:
-                    result = asyncio.run(http_load("127.0.0.1", port, requests, conc, args.seconds))
-                except OSError as exc:
-                    result = {"images_per_s": 0.0, "requests": 0, "errors": 1, "first_error": repr(exc)}
-                n = max(result["requests"], 1)
-                result["cpu_ms_per_image"] = round((tree_cpu_seconds(proc.pid) - server_cpu) * 1000 / n, 2)
-                result["client_cpu_ms_per_image"] = round((time.process_time() - client_cpu) * 1000 / n, 2)
-                ours = tree_cpu_seconds(proc.pid) - server_cpu + time.process_time() - client_cpu
-                other = machine_busy_seconds() - busy - ours
-                result["other_cores"] = round(max(other, 0.0) / (time.perf_counter() - t0), 2)
-                cells.append({"set": name, "concurrency": conc, **result})
-                print(target, cells[-1], flush=True)
-        peak = peak_rss_mib(proc.pid)
-    finally:
+class ServerTarget:
+    """One server under closed-loop load, cell by cell: started once per round, idle between its
+    cells (the other targets' cells of the same (size, concurrency) run in between), stopped by
+    `finish`, which returns its results in serve.json's shape."""
+
+    def __init__(
+        self, target: str, args, data: dict[str, list[bytes]], model_dir: Path, workdir: Path, precision: str
+    ) -> None:
+        self.target, self.args, self.data, self.precision = target, args, data, precision
+        self.port = free_port()
+        env = {**os.environ, "MANYLABEL_MODEL": args.model, "BENTOML_DO_NOT_TRACK": "true"}
+        env["MANYLABEL_PRECISION"] = precision  # pinned: auto would serve int8 in the fp32 rows
+        self.log = workdir / f"{result_key(target, precision)}.log"
+        self.cmd = server_command(target, args.model, model_dir, self.port, args.peers_python, precision)
+        self.cells: list[dict] = []
+        self.requests: dict[str, list[bytes]] = {}
+        self.error: str | None = None
+        self.proc = None
+        started = time.perf_counter()
+        try:
+            self.proc = start(self.cmd, env, self.log, next(iter(data.values()))[0], self.port)
+        except Exception as exc:  # recorded, not raised: a peer that cannot run here is a result
+            self.error = f"{exc}\n{tail(self.log)}".strip()
+        self.start_s = round(time.perf_counter() - started, 1)
+
+    def warm_up(self, name: str) -> None:
+        """Encode the set's requests for this server and send them for WARM_UP_S at concurrency 8."""
+        if self.error is None:
+            images = self.data[name]
+            self.requests[name] = [
+                encode_request("127.0.0.1", self.port, f"{i}.jpg", b) for i, b in enumerate(images)
+            ]
+            asyncio.run(http_load("127.0.0.1", self.port, self.requests[name], 8, WARM_UP_S))
+
+    def cell(self, name: str, conc: int) -> None:
+        if self.error is not None:
+            return
+        server_cpu, client_cpu = tree_cpu_seconds(self.proc.pid), time.process_time()
+        busy, t0 = machine_busy_seconds(), time.perf_counter()
+        try:
+            result = asyncio.run(
+                http_load("127.0.0.1", self.port, self.requests[name], conc, self.args.seconds)
+            )
+        except OSError as exc:
+            result = {"images_per_s": 0.0, "requests": 0, "errors": 1, "first_error": repr(exc)}
+        n = max(result["requests"], 1)
+        server = tree_cpu_seconds(self.proc.pid) - server_cpu
+        client = time.process_time() - client_cpu
+        result["cpu_ms_per_image"] = round(server * 1000 / n, 2)
+        result["client_cpu_ms_per_image"] = round(client * 1000 / n, 2)
+        other = machine_busy_seconds() - busy - server - client
+        result["other_cores"] = round(max(other, 0.0) / (time.perf_counter() - t0), 2)
+        self.cells.append({"set": name, "concurrency": conc, **result})
+        print(result_key(self.target, self.precision), self.cells[-1], flush=True)
+
+    def finish(self) -> dict:
+        if self.error is not None:
+            return {"target": self.target, "error": self.error, "command": self.cmd}
+        peak = peak_rss_mib(self.proc.pid)
         stopping = time.perf_counter()
-        stop(proc)
-    stop_s = round(time.perf_counter() - stopping, 1)
-    out = {"target": target, "start_s": start_s, "stop_s": stop_s, "peak_rss_mib": peak, "cells": cells}
-    out["command"] = cmd
-    if any(c.get("errors") for c in cells):
-        out["log_tail"] = tail(log)
-    return out
+        stop(self.proc)
+        out = {
+            "target": self.target,
+            "start_s": self.start_s,
+            "stop_s": round(time.perf_counter() - stopping, 1),
+        }
+        out.update(peak_rss_mib=peak, cells=self.cells, command=self.cmd)
+        if any(c.get("errors") for c in self.cells):
+            out["log_tail"] = tail(self.log)
+        return out
 
 
 def in_process(
@@ -169,22 +194,38 @@ def reference_worker(
     return {"target": "in-process", "peak_rss_mib": round(peak, 1), "cells": cells}
 
 
-def bench_reference(args, sets: dict[str, Path], model_dir: Path, precision: str = "fp32") -> dict:
-    cmd = [
-        sys.executable,
-        str(HERE / "serve.py"),
-        "--reference-worker",
-        "--model-dir",
-        str(model_dir),
-        "--images",
-    ]
-    cmd += [str(p) for p in sets.values()]
-    cmd += ["--concurrency", *map(str, args.concurrency), "--seconds", str(args.seconds)]
-    cmd += ["--precisions", precision]
-    done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode != 0:
-        return {"target": "in-process", "error": f"exit status {done.returncode}", "command": cmd}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class ReferenceTarget:
+    """The in-process reference, one cell per run of its own process (`serve.py --reference-worker`),
+    so its cells interleave with the servers' and its peak RSS is its own."""
+
+    def __init__(self, args, sets: dict[str, Path], model_dir: Path, precision: str) -> None:
+        self.args, self.sets, self.model_dir, self.precision = args, sets, model_dir, precision
+        self.cells: list[dict] = []
+        self.peak = 0.0
+        self.error: str | None = None
+        self.cmd: list[str] = []
+
+    def warm_up(self, name: str) -> None:
+        """Nothing to warm: each cell's process warms its own session."""
+
+    def cell(self, name: str, conc: int) -> None:
+        if self.error is not None:
+            return
+        self.cmd = [sys.executable, str(HERE / "serve.py"), "--reference-worker", "--model-dir"]
+        self.cmd += [str(self.model_dir), "--images", str(self.sets[name]), "--concurrency", str(conc)]
+        self.cmd += ["--seconds", str(self.args.seconds), "--precisions", self.precision]
+        done = subprocess.run(self.cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, check=False)
+        if done.returncode != 0:
+            self.error = f"exit status {done.returncode}"
+            return
+        worker = json.loads(done.stdout.strip().splitlines()[-1])
+        self.cells += worker["cells"]
+        self.peak = max(self.peak, worker["peak_rss_mib"])
+
+    def finish(self) -> dict:
+        if self.error is not None:
+            return {"target": "in-process", "error": self.error, "command": self.cmd}
+        return {"target": "in-process", "peak_rss_mib": self.peak, "cells": self.cells}
 
 
 def best_of(runs: list[dict]) -> dict:
