@@ -69,7 +69,7 @@ class RequestImages:
             return
         try:
             done = lambda scores, error: self._scored(index, scores, error)  # noqa: E731
-            self.batcher.put(image, done, expected=True)
+            self.batcher.put(image, done, expected=True, here=True)
         except BaseException as exc:
             self._fail(exc)
 

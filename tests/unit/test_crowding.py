@@ -92,6 +92,82 @@ def test_one_worker_never_runs_crowded() -> None:
     batcher.close()
 
 
+class Recorder:
+    """An infer callable that records the thread of each call and how many ran at once."""
+
+    def __init__(self, release: threading.Event | None = None) -> None:
+        self.threads: list[int] = []
+        self.running = self.most = 0
+        self.entered = threading.Event()
+        self.release = release
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.threads.append(threading.get_ident())
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.entered.set()
+        if self.release is not None:
+            assert self.release.wait(5)
+        with self.lock:
+            self.running -= 1
+        return np.zeros((len(batch), 1), np.float32)
+
+
+def test_an_image_alone_is_run_on_the_thread_that_puts_it() -> None:
+    wide, crowded = Recorder(), Recorder()
+    batcher = Batcher(wide, infer_crowded=crowded, workers=2, max_batch_size=4)
+    answers: list = []
+    batcher.put(IMAGE, lambda scores, error: answers.append((scores, error)), here=True)
+    assert len(answers) == 1 and answers[0][1] is None  # done before put returned
+    assert wide.threads == [threading.get_ident()] and crowded.threads == []
+    batcher.close()
+
+
+def test_an_image_not_alone_goes_to_a_worker() -> None:
+    release = threading.Event()
+    wide, crowded = Recorder(release), Recorder()
+    batcher = Batcher(wide, infer_crowded=crowded, workers=2, max_batch_size=4)
+    answered = threading.Event()
+    runner = threading.Thread(target=batcher.put, args=(IMAGE, lambda s, e: None), kwargs={"here": True})
+    runner.start()
+    assert wide.entered.wait(5)  # the first image runs on `runner`
+    batcher.put(IMAGE, lambda s, e: answered.set(), here=True)  # returns at once: queued
+    assert answered.wait(5) and crowded.threads and crowded.threads[0] != threading.get_ident()
+    release.set()
+    runner.join(5)
+    batcher.expect(1)  # an image on its way: not alone either
+    batcher.put(IMAGE, lambda s, e: None, here=True)
+    assert threading.get_ident() not in crowded.threads
+    batcher.close()
+
+
+def test_one_worker_waits_while_a_putting_thread_holds_its_place() -> None:
+    release = threading.Event()
+    model = Recorder(release)
+    batcher = Batcher(model, workers=1, max_batch_size=4)
+    answered = threading.Event()
+    runner = threading.Thread(target=batcher.put, args=(IMAGE, lambda s, e: None), kwargs={"here": True})
+    runner.start()
+    assert model.entered.wait(5)
+    batcher.put(IMAGE, lambda s, e: answered.set())
+    assert not answered.wait(0.2)  # the worker does not overlap the call on `runner`
+    release.set()
+    assert answered.wait(5) and model.most == 1 and len(model.threads) == 2
+    runner.join(5)
+    batcher.close()
+
+
+def test_batching_with_a_wait_never_runs_on_the_putting_thread() -> None:
+    model = Recorder()
+    batcher = Batcher(model, workers=2, max_batch_size=4, max_latency_ms=1)
+    answered = threading.Event()
+    batcher.put(IMAGE, lambda s, e: answered.set(), here=True)
+    assert answered.wait(5) and model.threads != [threading.get_ident()]
+    batcher.close()
+
+
 def _request(batcher: Batcher, decode, names: list[str]) -> tuple[list, BaseException | None]:
     """One request_images.RequestImages over `names` with a stand-in predictor whose decode is `decode`."""
     pool = ThreadPoolExecutor(2)
