@@ -49,7 +49,11 @@ class Graph:
             return self.narrow
         with self._lock:
             if self._opening is None:  # opening takes ~0.3 s: never on the request path
-                self._opening = threading.Thread(target=self._open, name=f"open-{self._name}", daemon=True)
+                # Not a daemon (said explicitly: it is started from daemon threads, whose flag it
+                # would inherit): the interpreter waits for it at exit. A process that ended while a
+                # daemon thread was inside onnxruntime's session constructor aborted ("terminate
+                # called without an active exception", status -6: `manylabel demo`).
+                self._opening = threading.Thread(target=self._open, name=f"open-{self._name}", daemon=False)
                 self._opening.start()
         return self.wide
 

@@ -4,6 +4,8 @@ opened for them (graph.py, runtime.py), images announced on their way (request_i
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -270,3 +272,35 @@ def test_cpu_defaults_run_a_call_per_intra_op_thread() -> None:
     assert (gpu.inference_workers, gpu.crowded_intra_op_threads, gpu.max_batch_size) == (1, 4, 64)
     two = Settings(intra_op_threads=8, inference_workers=2).tuning(gpu=False)
     assert two.crowded_intra_op_threads == 4  # two overlapping calls share the eight threads
+
+
+EXIT_WHILE_OPENING = """
+import sys
+import threading
+import onnxruntime as ort
+from service.server.graph import Graph
+from service.server.runtime import session_options
+
+def open_session():
+    return ort.InferenceSession(sys.argv[1], session_options(1), providers=["CPUExecutionProvider"])
+
+graph = Graph(open_session(), open_session, name="exit-test")
+# started from a daemon thread, as the batcher's workers are; the script ends while it opens
+caller = threading.Thread(target=graph.session, kwargs={"crowded": True}, daemon=True)
+caller.start()
+caller.join()
+"""
+
+
+def test_a_process_may_end_while_the_narrow_session_opens(tmp_path: Path) -> None:
+    from support.tinymodel import tiny_onnx
+
+    tiny_onnx(tmp_path / "m.onnx", seed=1, n_labels=2, size=16)
+    for _ in range(3):  # as a daemon thread, the opening aborted the interpreter's exit 3 times in 3
+        proc = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_OPENING, str(tmp_path / "m.onnx")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
