@@ -83,16 +83,23 @@ class Batcher:
         with self._ready:
             if expected:
                 self._coming -= 1
-            alone = not self._queue and self._coming == 0 and self._idle == self._workers
-            if here and alone and not self._closed and self._max_wait == 0:
+            run_here = (
+                here
+                and self._max_wait == 0
+                and not self._closed
+                and not self._queue
+                and self._coming == 0
+                and self._idle == self._workers
+            )
+            if run_here:
                 self._idle -= 1  # this thread is a worker for one call
+            elif len(self._queue) >= self._max_queue:
+                raise OverloadedError(f"{len(self._queue)} images are waiting for inference; retry later")
             else:
-                if len(self._queue) >= self._max_queue:
-                    raise OverloadedError(f"{len(self._queue)} images are waiting for inference; retry later")
                 self._queue.append((image, done, time.monotonic()))
                 self._ready.notify()
-                return
-        self._run([(image, done, time.monotonic())], crowded=False)
+        if run_here:
+            self._run([(image, done, time.monotonic())], crowded=False)
 
     async def submit(self, image: np.ndarray) -> np.ndarray:
         """Score one image from asyncio code; returns its (L,) scores."""
