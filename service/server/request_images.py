@@ -55,7 +55,13 @@ class RequestImages:
             item = None if self.failed or self.future.done() else next(self.pending, None)
         if item is not None:
             self.batcher.expect(1)  # tells the batcher more work is on its way (`Batcher`'s crowding)
-            self.predictor.decode_pool.submit(self._decode, *item)
+            try:
+                self.predictor.decode_pool.submit(self._decode, *item)
+            except RuntimeError as exc:  # the pool was shut down (the predictor closed) meanwhile
+                # Raised here it left the image announced forever and, from a worker thread's
+                # `done`, ended that worker.
+                self.batcher.expect(-1)
+                self._fail(exc)
 
     def _decode(self, index: int, file: InputFile) -> None:  # on a decode thread
         if self.failed or self.future.done():  # failed, or the client went away

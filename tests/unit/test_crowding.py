@@ -1,11 +1,10 @@
-"""Overlapping inference calls on the CPU: which calls are crowded (batcher.py), the narrow session
-opened for them (graph.py, runtime.py), images announced on their way (request_images.py), defaults."""
+"""Overlapping inference calls on the CPU: which calls are crowded and which run on the putting thread
+(batcher.py), images announced on their way (request_images.py). The narrow session opened for
+crowded calls: test_narrow_session.py."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +15,9 @@ import numpy as np
 import pytest
 
 from service.errors import RequestError
-from service.manifest import Backbone, Manifest, ModelEntry, Preprocessing, file_entry
 from service.server.batcher import Batcher
 from service.server.http.uploads import InputFile
 from service.server.request_images import RequestImages
-from service.server.runtime import ModelRuntime
-from service.server.settings import Settings
 
 IMAGE = np.zeros((2, 2, 3), np.uint8)
 
@@ -211,96 +207,35 @@ def test_a_request_leaves_no_image_announced(tmp_path: Path) -> None:
     batcher.close()
 
 
-# --- the narrow session -------------------------------------------------------------------------
+class ClosingPool(ThreadPoolExecutor):
+    """A decode pool shut down after its first task, as a closing predictor's pool is."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        future = super().submit(fn, *args, **kwargs)
+        self.shutdown(wait=False)
+        return future
 
 
-def _model(folder: Path) -> Manifest:
-    from support.tinymodel import tiny_onnx
+def test_a_pool_shut_down_mid_request_fails_it_and_keeps_the_workers(tmp_path: Path) -> None:
+    model = Gate()
+    model.release.set()
+    batcher = Batcher(model, workers=2, max_batch_size=4)
+    batcher.expect(1)  # another image on its way: the request's image goes to a worker thread
+    pool = ClosingPool(1)
+    predictor = SimpleNamespace(decode=lambda file: IMAGE, decode_pool=pool)
 
-    for name, seed in {"best.onnx": 1, "last.onnx": 2}.items():
-        tiny_onnx(folder / name, seed=seed, n_labels=2, size=16)
-    return Manifest(
-        name="crowding-test",
-        labels=["a", "b"],
-        backbone=Backbone(id="tiny", package="tests", feature_dim=3),
-        preprocessing=Preprocessing(image_size=16),
-        models={
-            w: ModelEntry(
-                file=f"{w}.onnx", epoch=1, val_loss=0.1, thresholds=[0.5] * 2, threshold_source="oof"
-            )
-            for w in ("best", "last")
-        },
-        files=[file_entry(folder, name) for name in ("best.onnx", "last.onnx")],
-    )
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        files = [InputFile(name=f"{i}.jpg", data=b"x") for i in range(3)]
+        RequestImages(predictor, files, batcher, loop, future, window=1).start()
+        with pytest.raises(RuntimeError, match="shutdown"):  # the worker's next submit is refused
+            await asyncio.wait_for(future, 5)
 
-
-def test_the_narrow_session_opens_on_the_first_crowded_call(tmp_path: Path) -> None:
-    settings = Settings(provider="cpu", intra_op_threads=2, inference_workers=2)
-    rt = ModelRuntime(tmp_path, _model(tmp_path), settings)
-    assert rt.tuning.crowded_intra_op_threads == 1
-    graph = rt.graphs[("best", "fp32")]
-    assert graph.narrow is None  # nothing opened before calls overlap
-    batch = np.full((2, 16, 16, 3), 90, np.uint8)
-    alone = rt.run("best", batch)
-    assert not graph.wait_narrow(0) and graph.narrow is None  # a lone call opens nothing
-    first = rt.run("best", batch, crowded=True)  # served by the wide session while narrow opens
-    assert graph.wait_narrow(10)
-    assert graph.wide.get_session_options().intra_op_num_threads == 2
-    assert graph.narrow.get_session_options().intra_op_num_threads == 1
-    np.testing.assert_allclose(rt.run("best", batch, crowded=True), alone, rtol=1e-6)
-    np.testing.assert_array_equal(first, alone)
-    assert rt.graphs[("last", "fp32")].narrow is None  # only graphs whose calls overlapped
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [
-        Settings(provider="cpu", intra_op_threads=2, inference_workers=1),  # calls never overlap
-        Settings(provider="cpu", intra_op_threads=1),  # a narrow session would be the wide one
-    ],
-)
-def test_no_narrow_session_where_it_would_not_differ(tmp_path: Path, settings: Settings) -> None:
-    rt = ModelRuntime(tmp_path, _model(tmp_path), settings)
-    rt.run("best", np.zeros((1, 16, 16, 3), np.uint8), crowded=True)
-    assert not rt.graphs[("best", "fp32")].wait_narrow(1)
-
-
-def test_cpu_defaults_run_a_call_per_intra_op_thread() -> None:
-    cpu = Settings(intra_op_threads=4).tuning(gpu=False)
-    assert (cpu.inference_workers, cpu.crowded_intra_op_threads, cpu.max_batch_size) == (4, 1, 4)
-    gpu = Settings(intra_op_threads=4).tuning(gpu=True)
-    assert (gpu.inference_workers, gpu.crowded_intra_op_threads, gpu.max_batch_size) == (1, 4, 64)
-    two = Settings(intra_op_threads=8, inference_workers=2).tuning(gpu=False)
-    assert two.crowded_intra_op_threads == 4  # two overlapping calls share the eight threads
-
-
-EXIT_WHILE_OPENING = """
-import sys
-import threading
-import onnxruntime as ort
-from service.server.graph import Graph
-from service.server.runtime import session_options
-
-def open_session():
-    return ort.InferenceSession(sys.argv[1], session_options(1), providers=["CPUExecutionProvider"])
-
-graph = Graph(open_session(), open_session, name="exit-test")
-# started from a daemon thread, as the batcher's workers are; the script ends while it opens
-caller = threading.Thread(target=graph.session, kwargs={"crowded": True}, daemon=True)
-caller.start()
-caller.join()
-"""
-
-
-def test_a_process_may_end_while_the_narrow_session_opens(tmp_path: Path) -> None:
-    from support.tinymodel import tiny_onnx
-
-    tiny_onnx(tmp_path / "m.onnx", seed=1, n_labels=2, size=16)
-    for _ in range(3):  # as a daemon thread, the opening aborted the interpreter's exit 3 times in 3
-        proc = subprocess.run(
-            [sys.executable, "-c", EXIT_WHILE_OPENING, str(tmp_path / "m.onnx")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    asyncio.run(main())
+    pool.shutdown(wait=True)
+    batcher.expect(-1)
+    assert batcher._coming == 0  # the refused image is not left announced
+    assert all(thread.is_alive() for thread in batcher._threads)  # no worker died in `done`
+    assert asyncio.run(batcher.submit(IMAGE)).shape == (1,)
+    batcher.close()
