@@ -62,7 +62,10 @@ def done_files(output: Path) -> list[str]:
     path = output / JOURNAL_FILE
     if not path.exists():
         return []
-    return [json.loads(line)["file"] for line in path.read_bytes().splitlines() if b'"kind":"done"' in line]
+    # Read while the client appends: only lines it has finished (a torn last line is the journal's
+    # own business, `Journal.open` cuts it; here it is a line still being written).
+    complete = path.read_bytes().split(b"\n")[:-1]
+    return [json.loads(line)["file"] for line in complete if b'"kind":"done"' in line]
 
 
 def answer(names: list[str], version: str = "v1") -> dict:
