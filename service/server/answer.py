@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -109,13 +109,19 @@ def _text(raw: str) -> str:
     return raw
 
 
-async def answer(predictor: Predictor, options: PredictOptions, files: Sequence[InputFile]) -> Reply:
-    """One predict request. Raises RequestError for a request to refuse; 503 when overloaded."""
+async def answer(
+    predictor: Predictor,
+    options: PredictOptions,
+    files: Sequence[InputFile],
+    alone: Callable[[], bool] | None = None,
+) -> Reply:
+    """One predict request. Raises RequestError for a request to refuse; 503 when overloaded.
+    `alone`: whether it is the only request in progress (`Predictor.predict_async`)."""
     which = options.which
     thresholds = predictor.thresholds(which, threshold=options.threshold, overrides=options.thresholds)
     try:
         result = await predictor.predict_async(
-            files, which=options.which, thresholds=thresholds, precision=options.precision
+            files, which=options.which, thresholds=thresholds, precision=options.precision, alone=alone
         )
     except OverloadedError as exc:
         return Reply.json(503, {"error": str(exc), "field": None}, headers=(("Retry-After", "1"),))

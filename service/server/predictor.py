@@ -34,6 +34,19 @@ logger = logging.getLogger(__name__)
 
 BatchObserver = Callable[[str, int, float], None]  # (which, batch size, seconds)
 
+# A request of one JPEG at most this big, arriving while its batcher has nothing else to do, is
+# decoded and scored on the event loop (`Batcher.run_alone`): no thread hand-over, and the loop is
+# held for one call. JPEG only, as its decode time follows its size (Pillow decodes at a reduced
+# scale): measured here, a 1000-px 130 KiB photo 1.3 ms, a 12-Mpx 496 KiB one 16 ms, plus ~7 ms of
+# inference; a PNG of a few KiB can hold 60 Mpx.
+INLINE_MAX_BYTES = 512 * 1024
+JPEG_START = b"\xff\xd8"
+
+
+def _inline(files: Sequence[InputFile]) -> bool:
+    """One small JPEG: a request `predict_async` may score on the event loop when it is alone."""
+    return len(files) == 1 and len(files[0].data) <= INLINE_MAX_BYTES and files[0].data[:2] == JPEG_START
+
 
 @dataclass(frozen=True)
 class ImagePrediction:
@@ -157,20 +170,31 @@ class Predictor:
         which: str = "best",
         thresholds: Sequence[float] | None = None,
         precision: str | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> Predictions:
         """For the service: decode off the event loop, share inference calls with other requests.
 
         The event loop only starts the request and is woken once, when every image is scored.
         `precision` None: the model's default (`GET /model`'s precision.default).
+        `alone`, when given, tells whether this request is the only one in progress: one small JPEG
+        of a request alone, with its batcher idle, is decoded and scored right here instead
+        (`INLINE_MAX_BYTES`). Requests that arrived meanwhile get one loop turn to start first;
+        without it, at 4 requests in flight each took its turn inline and none overlapped (-10 %).
         """
         thresholds = self._check(which, thresholds)
         precision = self.runtime.precision(which, precision)  # RequestError when not served
         if not files:
             empty = np.zeros((0, len(self.labels)), np.float32)
             return self._predictions(files, empty, which, thresholds, precision)
+        batcher = self._batchers[(which, precision)]
+        if alone is not None and _inline(files) and alone():
+            await asyncio.sleep(0)  # requests whose bytes arrived meanwhile start (and count) first
+            row = batcher.run_alone(lambda: self.decode(files[0])) if alone() else None
+            if row is not None:  # None: the batcher was not idle
+                return self._predictions(files, row[None], which, thresholds, precision)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[np.ndarray]] = loop.create_future()
-        RequestImages(self, files, self._batchers[(which, precision)], loop, future, self._window).start()
+        RequestImages(self, files, batcher, loop, future, self._window).start()
         rows = await future
         return self._predictions(files, np.stack(rows), which, thresholds, precision)
 

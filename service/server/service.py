@@ -7,7 +7,8 @@ spent decoding or inferring:
   file names), skipping BentoML's per-call dispatch -> `answer.options_from_form` validates the
   options -> `answer.answer`: images are decoded in a thread pool -> `batcher.Batcher` groups images
   of concurrent requests into onnxruntime calls on worker threads -> the answer is built from plain
-  numbers.
+  numbers. A request of one small JPEG, alone in the worker, is decoded and scored on the event loop
+  (`Predictor.predict_async`): no thread hand-over.
 The `@bentoml.api` methods declare the same routes for the OpenAPI schema and BentoML's clients and
 serve in-process callers (`ManyLabel().predict(images=[path])`) through the same `answer.answer`.
 """
@@ -221,7 +222,7 @@ class ManyLabel:
         else:
             files = collect_images(form.files, self.limits, reservation)
         async with self.models.use(options.model) as served:
-            return await answer(served.predictor, options, files)
+            return await answer(served.predictor, options, files, alone=reservation.alone)
 
 
 _current_service = bentoml.get_current_service  # looked up once: bentoml's lazy __getattr__ costs 20 us

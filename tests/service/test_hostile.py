@@ -226,6 +226,16 @@ def test_a_damaged_custom_thresholds_file_is_the_servers_fault(hostile: Server) 
     assert r.status_code == 200, r.text
 
 
+def test_a_truncated_jpeg_alone_is_a_400_and_the_next_one_is_served(hostile: Server) -> None:
+    # At the CPU defaults a request of one JPEG, alone in the worker, is decoded on the event loop
+    # (predictor.INLINE_MAX_BYTES); a failure there must answer like one on a decode thread.
+    whole = image_bytes(8, size=(400, 300))
+    r, _ = post(hostile, files=[("images", ("cut.jpg", whole[: len(whole) // 2], "image/jpeg"))])
+    assert refused(r, 400, "images", "'cut.jpg'", "truncated")["file"] == "cut.jpg"
+    r, _ = post(hostile, files=[("images", ("whole.jpg", whole, "image/jpeg"))])
+    assert r.status_code == 200 and r.json()["images"][0]["filename"] == "whole.jpg", r.text
+
+
 def test_a_client_that_stalls_mid_body_gets_408(hostile: Server) -> None:
     host, port = hostile.url.removeprefix("http://").split(":")
     head = (

@@ -89,3 +89,30 @@ def tiny_backbone(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def tiny_model(folder: Path, labels: list[str], name: str = "tiny-test"):
+    """best.onnx and last.onnx (heads of seeds 1 and 2, 16-px input) in `folder`, and their manifest
+    (not written): the smallest model folder a `ModelRuntime` or `Predictor` opens."""
+    from service.manifest import Backbone, Manifest, ModelEntry, Preprocessing, file_entry
+
+    for which, seed in (("best", 1), ("last", 2)):
+        tiny_onnx(folder / f"{which}.onnx", seed=seed, n_labels=len(labels), size=16)
+    entries = {
+        which: ModelEntry(
+            file=f"{which}.onnx",
+            epoch=1,
+            val_loss=0.1,
+            thresholds=[0.5] * len(labels),
+            threshold_source="oof",
+        )
+        for which in ("best", "last")
+    }
+    return Manifest(
+        name=name,
+        labels=labels,
+        backbone=Backbone(id="tiny", package="tests", feature_dim=3),
+        preprocessing=Preprocessing(image_size=16),
+        models=entries,
+        files=[file_entry(folder, f"{which}.onnx") for which in ("best", "last")],
+    )

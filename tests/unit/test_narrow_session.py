@@ -10,29 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.manifest import Backbone, Manifest, ModelEntry, Preprocessing, file_entry
+from service.manifest import Manifest
 from service.server.runtime import ModelRuntime
 from service.server.settings import Settings
 
 
 def _model(folder: Path) -> Manifest:
-    from support.tinymodel import tiny_onnx
+    from support.tinymodel import tiny_model
 
-    for name, seed in {"best.onnx": 1, "last.onnx": 2}.items():
-        tiny_onnx(folder / name, seed=seed, n_labels=2, size=16)
-    return Manifest(
-        name="crowding-test",
-        labels=["a", "b"],
-        backbone=Backbone(id="tiny", package="tests", feature_dim=3),
-        preprocessing=Preprocessing(image_size=16),
-        models={
-            w: ModelEntry(
-                file=f"{w}.onnx", epoch=1, val_loss=0.1, thresholds=[0.5] * 2, threshold_source="oof"
-            )
-            for w in ("best", "last")
-        },
-        files=[file_entry(folder, name) for name in ("best.onnx", "last.onnx")],
-    )
+    return tiny_model(folder, ["a", "b"], name="crowding-test")
 
 
 def test_the_narrow_session_opens_on_the_first_crowded_call(tmp_path: Path) -> None:

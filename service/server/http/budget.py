@@ -26,7 +26,12 @@ class ByteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.holders = 0  # open `Reservation`s: requests in progress
         self._lock = threading.Lock()
+
+    def count(self, change: int) -> None:
+        with self._lock:
+            self.holders += change
 
     def reserve(self, size: int) -> bool:
         with self._lock:
@@ -46,6 +51,13 @@ class Reservation:
     def __init__(self, budget: ByteBudget | None) -> None:
         self.budget = budget
         self.held = 0
+        self.open = budget is not None
+        if budget is not None:
+            budget.count(1)
+
+    def alone(self) -> bool:
+        """No other request of this worker holds a reservation (False without a budget)."""
+        return self.open and self.budget is not None and self.budget.holders == 1
 
     def take(self, size: int) -> None:
         if self.budget is None or size <= 0:
@@ -62,3 +74,6 @@ class Reservation:
         if self.budget is not None and self.held:
             self.budget.release(self.held)
         self.held = 0
+        if self.open and self.budget is not None:
+            self.budget.count(-1)
+        self.open = False
