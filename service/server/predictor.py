@@ -176,10 +176,10 @@ class Predictor:
 
         The event loop only starts the request and is woken once, when every image is scored.
         `precision` None: the model's default (`GET /model`'s precision.default).
-        `alone`, when given, tells whether this request is the only one in progress: one small JPEG
-        of a request alone, with its batcher idle, is decoded and scored right here instead
-        (`INLINE_MAX_BYTES`). Requests that arrived meanwhile get one loop turn to start first;
-        without it, at 4 requests in flight each took its turn inline and none overlapped (-10 %).
+        `alone`, when given, tells whether this request is the only one in progress and comes from
+        the only recent client (`Reservation.alone`): one small JPEG of a request alone, with its
+        batcher idle, is decoded and scored right here instead (`INLINE_MAX_BYTES`). Requests that
+        arrived meanwhile get one loop turn to start first.
         """
         thresholds = self._check(which, thresholds)
         precision = self.runtime.precision(which, precision)  # RequestError when not served

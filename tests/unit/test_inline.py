@@ -17,6 +17,7 @@ from service.errors import RequestError
 from service.server import predictor as predictor_module
 from service.server.batcher import Batcher
 from service.server.http.budget import ByteBudget, Reservation
+from service.server.http.clients import RecentClients
 from service.server.http.uploads import InputFile
 from service.server.predictor import Predictor
 from service.server.settings import Settings
@@ -100,16 +101,31 @@ def test_a_failure_alone_is_raised_and_gives_the_place_back(where: str) -> None:
 
 def test_a_reservation_is_alone_while_no_other_request_holds_one() -> None:
     budget = ByteBudget(1 << 20)
-    first = Reservation(budget)
+    first = Reservation(budget, sole_client=True)
     assert first.alone()
-    second = Reservation(budget)
+    second = Reservation(budget, sole_client=True)
     assert not first.alone() and not second.alone()
     second.close()
     second.close()  # closing twice counts once
     assert first.alone() and budget.holders == 1
     first.close()
     assert budget.holders == 0 and not first.alone()  # a closed request is not "in progress"
-    assert not Reservation(None).alone()  # no budget, no knowledge: never inline
+    assert not Reservation(None, sole_client=True).alone()  # no budget, no knowledge: never inline
+    assert not Reservation(budget).alone()  # another client sent a request lately
+
+
+def test_a_client_is_sole_until_another_connection_sends_within_the_window() -> None:
+    now = [0.0]
+    clients = RecentClients(window_s=1.0, clock=lambda: now[0])
+    a, b = ("127.0.0.1", 5001), ("127.0.0.1", 5002)
+    assert clients.sole(a) and clients.sole(a)
+    now[0] = 0.5
+    assert not clients.sole(b)  # two connections sending: concurrent clients, a proxy's pool
+    now[0] = 1.2
+    assert not clients.sole(a)  # b sent 0.7 s ago
+    now[0] = 1.6
+    assert clients.sole(a)  # b has been quiet for over a second
+    assert not clients.sole(None)  # no peer address (a unix socket): unknown, never sole
 
 
 # --- Predictor.predict_async ----------------------------------------------------------------------

@@ -48,16 +48,18 @@ class ByteBudget:
 class Reservation:
     """What one request holds of a `ByteBudget`; `close()` gives it back (call it in a finally)."""
 
-    def __init__(self, budget: ByteBudget | None) -> None:
+    def __init__(self, budget: ByteBudget | None, *, sole_client: bool = False) -> None:
         self.budget = budget
         self.held = 0
         self.open = budget is not None
+        self.sole_client = sole_client  # the worker's only recent client (`clients.RecentClients`)
         if budget is not None:
             budget.count(1)
 
     def alone(self) -> bool:
-        """No other request of this worker holds a reservation (False without a budget)."""
-        return self.open and self.budget is not None and self.budget.holders == 1
+        """From the worker's only recent client, and no other request of the worker holds a
+        reservation (False without a budget)."""
+        return self.sole_client and self.open and self.budget is not None and self.budget.holders == 1
 
     def take(self, size: int) -> None:
         if self.budget is None or size <= 0:

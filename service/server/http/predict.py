@@ -22,6 +22,7 @@ from typing import Any
 from service.bundles import BundleFile
 from service.errors import RequestError
 from service.server.http.budget import Reservation
+from service.server.http.clients import RecentClients
 from service.server.http.multipart import MultipartReader
 from service.server.http.uploads import Form, Limits, decode_text, too_large
 
@@ -88,6 +89,7 @@ class PredictRoutes:
         self.app = app
         self.paths = frozenset(paths)
         self.limits = limits
+        self.clients = RecentClients()
         self.handler = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,7 +97,7 @@ class PredictRoutes:
             await self.app(scope, receive, send)
             return
         limits = self.limits()
-        reservation = Reservation(limits.inflight)
+        reservation = Reservation(limits.inflight, sole_client=self.clients.sole(scope.get("client")))
         try:
             form = await read_form(scope, receive, limits, reservation)
             if form is None:  # the client went away
