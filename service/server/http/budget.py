@@ -3,7 +3,8 @@
 A request reserves what it holds (its Content-Length up front when declared, else each chunk as it
 arrives; each zip member's size before it is read) and gives it all back when it ends. A request
 that would take the worker past its budget is answered 503 with Retry-After instead of growing the
-process until the kernel's OOM killer ends every request on the replica.
+process until the kernel's OOM killer ends every request on the replica. The budget also counts
+the requests holding a reservation: one alone may be scored on the event loop (`Reservation.alone`).
 """
 
 from __future__ import annotations
