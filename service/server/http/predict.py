@@ -13,11 +13,12 @@ BentoML's server middlewares outside this one (request metrics, timeout, CORS, t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from service.bundles import BundleFile
 from service.errors import RequestError
@@ -63,7 +64,8 @@ class Reply:
 
     @classmethod
     def json(cls, status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-        return cls(status, json.dumps(body).encode(), "application/json", headers)
+        """orjson: 1.6 us for a one-image answer where json.dumps took 26 (~0.1 ms in the server)."""
+        return cls(status, orjson.dumps(body), "application/json", headers)
 
     @classmethod
     def error(cls, exc: RequestError) -> Reply:
@@ -124,12 +126,13 @@ async def read_form(
     front; a client silent for `limits.body_timeout_s` mid-body is answered 408.
     """
     headers = dict(scope["headers"])
-    length = headers.get(b"content-length")
-    if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
-        raise too_large(int(length), limits.max_request_bytes)
-    reader = MultipartReader(decode_text(headers.get(b"content-type", b"")), limits)
-    if reservation is not None and length is not None and length.isdigit():
-        reservation.take(int(length))  # the whole body, before any of it is read
+    length = headers.get(b"content-length", b"")
+    declared = int(length) if length.isdigit() else None
+    if declared is not None and declared > limits.max_request_bytes:
+        raise too_large(declared, limits.max_request_bytes)
+    reader = MultipartReader(decode_text(headers.get(b"content-type", b"")), limits, declared=declared)
+    if reservation is not None and declared is not None:
+        reservation.take(declared)  # the whole body, before any of it is read
     else:
         reader.reservation = reservation
     loop = asyncio.get_running_loop()

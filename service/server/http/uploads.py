@@ -57,7 +57,7 @@ class InputFile:
 class Part:
     field: str
     filename: str | None
-    data: bytearray = field(default_factory=bytearray)
+    data: bytearray | bytes = field(default_factory=bytearray)  # bytes when read whole (plain_form)
 
 
 @dataclass
