@@ -127,7 +127,7 @@ async def answer(
         return Reply.json(503, {"error": str(exc), "field": None}, headers=(("Retry-After", "1"),))
     body = result.to_dict()
     if not isinstance(options, BundleOptions):
-        return Reply(200, json.dumps(body).encode())
+        return Reply.json(200, body)
     images = [f.data for f in files]
     max_bytes = predictor.settings.max_bundle_bytes
     bundle = await asyncio.to_thread(spool_bundle, options.format, body, images, max_bytes=max_bytes)
