@@ -93,6 +93,7 @@ class Predictor:
             self.custom = ThresholdFile.pinned_to(stored.path, self.manifest, self.settings.thresholds)
         else:  # custom_thresholds.json, when saved (POST /thresholds, `manylabel thresholds`)
             self.custom = ThresholdFile(stored.path, self.manifest)
+        self._plain: dict[str, tuple[object, list[float]]] = {}  # which -> (custom, its thresholds)
         self.runtime = ModelRuntime(stored.path, self.manifest, self.settings)
         self.runtime.warm_up()
         self.tuning = self.runtime.tuning
@@ -140,9 +141,13 @@ class Predictor:
         """The thresholds a request uses (`service.thresholds.resolve`): the saved custom ones, else
         the manifest's optimised ones, then `threshold`, then `overrides`."""
         custom = self.custom.custom()  # re-reads custom_thresholds.json only when it changed
-        return resolve(
-            self.manifest, which, custom=custom, threshold=threshold, overrides=overrides
-        ).values.tolist()
+        plain = threshold is None and not overrides
+        if plain and (kept := self._plain.get(which)) is not None and kept[0] is custom:
+            return list(kept[1])  # most requests: resolved once per change of the saved thresholds
+        values = resolve(self.manifest, which, custom=custom, threshold=threshold, overrides=overrides)
+        if plain:
+            self._plain[which] = (custom, values.values.tolist())
+        return values.values.tolist()
 
     def decode(self, file: InputFile) -> np.ndarray:
         """Bytes -> (S, S, 3) uint8, exactly as training decodes. Raises RequestError (400 / 413)."""
@@ -189,7 +194,8 @@ class Predictor:
         batcher = self._batchers[(which, precision)]
         if alone is not None and _inline(files) and alone():
             await asyncio.sleep(0)  # requests whose bytes arrived meanwhile start (and count) first
-            row = batcher.run_alone(lambda: self.decode(files[0])) if alone() else None
+            later = asyncio.get_running_loop().call_soon  # metrics after the answer is sent
+            row = batcher.run_alone(lambda: self.decode(files[0]), later) if alone() else None
             if row is not None:  # None: the batcher was not idle
                 return self._predictions(files, row[None], which, thresholds, precision)
         loop = asyncio.get_running_loop()

@@ -175,6 +175,25 @@ def test_one_small_jpeg_of_a_request_alone_is_scored_on_the_event_loop(tmp_path:
     predictor.close()
 
 
+def test_the_batch_of_a_request_alone_is_observed_after_the_answer_is_out(tmp_path: Path) -> None:
+    from support.tinymodel import tiny_model
+
+    observed: list[tuple[str, int]] = []
+    manifest = tiny_model(tmp_path, ["a", "b", "c"], name="inline-test")
+    stored = StoredModel(tag="inline-test:v1", path=tmp_path, manifest=manifest)
+    settings = Settings(provider="cpu", precision="fp32", max_latency_ms=0)
+    predictor = Predictor(stored, settings, on_batch=lambda which, n, s: observed.append((which, n)))
+
+    async def main() -> list[list[tuple[str, int]]]:
+        await predictor.predict_async([InputFile(name="a.jpg", data=_image())], alone=lambda: True)
+        answered = list(observed)  # the request's task goes on to send its answer before it yields
+        await asyncio.sleep(0)
+        return [answered, list(observed)]
+
+    assert asyncio.run(main()) == [[], [("best", 1)]]
+    predictor.close()
+
+
 def test_other_requests_go_through_the_decode_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
