@@ -38,7 +38,8 @@ from service.server.http.uploads import (
 _PARAM = {p: re.compile(rb";\s*" + p + rb"\s*=", re.IGNORECASE) for p in (b"name", b"filename")}
 _QUOTED = re.compile(rb'"(?:\\.|[^"\\])*"')
 
-# `plain_form`'s scope: bodies this small are kept whole (the request's bytes are reserved up front).
+# `plain_form`'s scope: bodies this small are kept whole (the request's bytes are reserved up front);
+# body and parts coexist until the form is read: 2 MiB at most per request, beyond the budget's count.
 PLAIN_MAX_BYTES = 1 << 20
 PLAIN_MAX_HEADERS = 8  # per part; python-multipart's limit (DEFAULT_MAX_HEADER_COUNT) is 8 too
 PLAIN_MAX_HEADER_BYTES = 4096  # per header line; python-multipart's: 4096 + 128
