@@ -120,8 +120,10 @@ class Batcher:
         scores, error, seconds = self._score([image], crowded=False)
         if error is not None:
             raise error
-        if self._on_batch is not None:
-            (defer or _now)(self._on_batch, 1, seconds)
+        if self._on_batch is not None and defer is not None:
+            defer(self._on_batch, 1, seconds)
+        elif self._on_batch is not None:
+            self._on_batch(1, seconds)
         return scores[0]
 
     async def submit(self, image: np.ndarray) -> np.ndarray:
@@ -201,10 +203,6 @@ class Batcher:
             self._idle += 1
             if self._idle == 1 and self._queue:  # a worker may wait for this place (`_take`)
                 self._ready.notify()
-
-
-def _now(f: Callable[..., object], *args: object) -> None:
-    f(*args)
 
 
 def settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:

@@ -144,10 +144,12 @@ class Predictor:
         plain = threshold is None and not overrides
         if plain and (kept := self._plain.get(which)) is not None and kept[0] is custom:
             return list(kept[1])  # most requests: resolved once per change of the saved thresholds
-        values = resolve(self.manifest, which, custom=custom, threshold=threshold, overrides=overrides)
+        values = resolve(
+            self.manifest, which, custom=custom, threshold=threshold, overrides=overrides
+        ).values.tolist()
         if plain:
-            self._plain[which] = (custom, values.values.tolist())
-        return values.values.tolist()
+            self._plain[which] = (custom, values)
+        return list(values)
 
     def decode(self, file: InputFile) -> np.ndarray:
         """Bytes -> (S, S, 3) uint8, exactly as training decodes. Raises RequestError (400 / 413)."""
@@ -192,13 +194,13 @@ class Predictor:
             empty = np.zeros((0, len(self.labels)), np.float32)
             return self._predictions(files, empty, which, thresholds, precision)
         batcher = self._batchers[(which, precision)]
+        loop = asyncio.get_running_loop()
         if alone is not None and _inline(files) and alone():
             await asyncio.sleep(0)  # requests whose bytes arrived meanwhile start (and count) first
-            later = asyncio.get_running_loop().call_soon  # metrics after the answer is sent
-            row = batcher.run_alone(lambda: self.decode(files[0]), later) if alone() else None
+            # The batch metrics go to call_soon: observed once the answer is sent.
+            row = batcher.run_alone(lambda: self.decode(files[0]), loop.call_soon) if alone() else None
             if row is not None:  # None: the batcher was not idle
                 return self._predictions(files, row[None], which, thresholds, precision)
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[list[np.ndarray]] = loop.create_future()
         RequestImages(self, files, batcher, loop, future, self._window).start()
         rows = await future

@@ -44,7 +44,7 @@ def install() -> None:
             async with deadline:
                 await self.app(scope, receive, _send)
         except TimeoutError:
-            if not deadline.expired() or answering:
+            if not deadline.expired():
                 raise  # the app's own TimeoutError
             body = {"error": f"Not able to process the request in {self.timeout} seconds"}
             await JSONResponse(body, status_code=504)(scope, receive, send)

@@ -221,8 +221,8 @@ def plain_form(body: bytes, boundary: bytes, limits: Limits) -> Form | None:
     pos, parts = len(delimiter), 0
     while True:
         head_end = body.find(b"\r\n\r\n", pos)
-        end = body.find(delimiter, head_end + 4)
-        if head_end < 0 or end < 0:
+        end = body.find(delimiter, head_end + 4) if head_end >= 0 else -1
+        if end < 0:
             return None
         parts += 1
         disposition = _plain_disposition(body[pos:head_end].split(b"\r\n"))
