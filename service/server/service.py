@@ -33,6 +33,7 @@ from starlette.routing import Route
 with bentoml.importing():
     from service.errors import RequestError
     from service.server.answer import BundleOptions, PredictOptions, answer, options_from_form
+    from service.server.http import coalesce
     from service.server.http.budget import ByteBudget, Reservation
     from service.server.http.inspect import inspect_app, load_inspector
     from service.server.http.predict import PredictRoutes, Reply
@@ -235,3 +236,4 @@ async def _answer_http(form: Form, route: str, reservation: Reservation) -> Repl
 
 ManyLabel.add_asgi_middleware(PredictRoutes, paths=PREDICT_ROUTES, limits=_limits, handler=_answer_http)
 install_timeout_fix()  # BentoML's request timers: cancelled when the request ends
+coalesce.install()  # an answer's head and body in one socket write

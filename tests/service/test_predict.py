@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -81,6 +82,22 @@ def test_predict_one_image(client: httpx.Client, server: Server, images: dict[st
     assert body["which"] == "best" and body["labels"] == LABELS and body["count"] == 1
     assert body["images"][0]["filename"] == "red.jpg"
     check_image_answer(body["images"][0], THRESHOLDS["best"])
+
+
+def test_an_answer_leaves_the_server_in_one_write(server: Server, images: dict[str, bytes]) -> None:
+    """`http.coalesce` in the real server: the head and body of an answer are one segment, so the
+    first recv holds all of it (uvicorn alone wrote the headers first: a second recv for the body)."""
+    request = httpx.Request("POST", f"{server.url}/predict", files=upload(("red.jpg", images["red.jpg"])))
+    head = f"POST /predict HTTP/1.1\r\nHost: {request.url.netloc.decode()}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
+    with socket.create_connection((request.url.host, request.url.port), timeout=30) as sock:
+        for _ in range(3):  # keep-alive: every answer on the connection
+            sock.sendall(head.encode() + b"\r\n" + request.read())
+            first = sock.recv(1 << 20)
+            answer_head, _, body = first.partition(b"\r\n\r\n")
+            assert answer_head.startswith(b"HTTP/1.1 200"), first[:200]
+            length = int(re.search(rb"content-length: (\d+)", answer_head, re.I).group(1))
+            assert len(body) == length and json.loads(body)["count"] == 1
 
 
 def test_predict_every_format_in_upload_order(client: httpx.Client, images: dict[str, bytes]) -> None:
