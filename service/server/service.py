@@ -39,6 +39,7 @@ with bentoml.importing():
     from service.server.http.predict import PredictRoutes, Reply
     from service.server.http.uploads import Form, Limits, collect_images, is_zip, read_local_images
     from service.server.models import Models, describe_stored
+    from service.server.request_metrics import install as install_request_metrics
     from service.server.settings import get_settings
     from service.server.timeouts import install as install_timeout_fix
 
@@ -237,3 +238,4 @@ async def _answer_http(form: Form, route: str, reservation: Reservation) -> Repl
 ManyLabel.add_asgi_middleware(PredictRoutes, paths=PREDICT_ROUTES, limits=_limits, handler=_answer_http)
 install_timeout_fix()  # BentoML's request timers: cancelled when the request ends
 coalesce.install()  # an answer's head and body in one socket write
+install_request_metrics()  # BentoML's request metrics: the same series, counted after the answer

@@ -284,6 +284,43 @@ def test_concurrent_requests_share_inference_calls(server: Server, images: dict[
     assert batches < 40 and (batches - (ones_after - ones_before)) > 0
 
 
+def _series(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus series of /metrics's text (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rindex("}")]))
+            if all(found.get(k) == v for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_bentoml_request_metrics_count_every_answer(client: httpx.Client, images: dict[str, bytes]) -> None:
+    """`request_metrics` keeps BentoML's series: total and duration per endpoint and status, counted
+    once the answer is sent; nothing left in progress."""
+    names = ("bentoml_service_request_total", "bentoml_service_request_duration_seconds_count")
+
+    def counts() -> dict[tuple[str, str], float]:
+        text = client.get("/metrics").text
+        return {
+            (n, code): _series(text, n, endpoint="/predict", http_response_code=code)
+            for n in names
+            for code in ("200", "400")
+        }
+
+    before = counts()
+    for _ in range(3):
+        assert predict(client, upload(("red.jpg", images["red.jpg"]))).status_code == 200
+    assert predict(client, upload(("bad.jpg", b"not an image"))).status_code == 400
+    after = counts()
+    for name in names:
+        assert after[(name, "200")] - before[(name, "200")] == 3
+        assert after[(name, "400")] - before[(name, "400")] == 1
+    text = client.get("/metrics").text
+    assert _series(text, "bentoml_service_request_in_progress", endpoint="/predict") == 0
+    assert _series(text, "bentoml_service_last_request_timestamp_seconds") > 0
+
+
 def test_bentoml_client_can_call_predict(server: Server, images: dict[str, bytes], tmp_path: Path) -> None:
     import bentoml
 
