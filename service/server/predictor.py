@@ -105,7 +105,7 @@ class Predictor:
                     which, batch, precision, crowded=True
                 ),
                 workers=self.tuning.inference_workers,
-                max_batch_size=self.tuning.max_batch_size,
+                max_batch_size=self.tuning.batch_size(precision),
                 max_latency_ms=self.tuning.max_latency_ms,
                 max_queue=self.settings.max_queue,
                 on_batch=(lambda n, s, which=which: on_batch(which, n, s)) if on_batch else None,

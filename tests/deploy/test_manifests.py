@@ -162,7 +162,8 @@ def test_gpu_overlay_asks_for_a_gpu_and_bigger_batches() -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["nodeSelector"]
     assert config(gpu)["MANYLABEL_PROVIDER"] == "cuda"  # fail loudly rather than score on the CPU
-    assert int(config(gpu)["MANYLABEL_MAX_BATCH_SIZE"]) > int(config(cpu)["MANYLABEL_MAX_BATCH_SIZE"])
+    assert int(config(gpu)["MANYLABEL_MAX_BATCH_SIZE"]) == 64
+    assert "MANYLABEL_MAX_BATCH_SIZE" not in config(cpu)  # the CPU's per-precision defaults (settings.py)
     assert float(config(gpu)["MANYLABEL_MAX_LATENCY_MS"]) > 0
     assert "nvidia.com/gpu" not in container(cpu)["resources"]["limits"]
     assert "tolerations" not in one(cpu, "Deployment")["spec"]["template"]["spec"]

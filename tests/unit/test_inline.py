@@ -224,3 +224,13 @@ def test_a_bad_jpeg_alone_is_a_400_naming_it_and_the_batcher_stays_free(tmp_path
     assert batcher._idle == batcher._workers
     assert _decoded_on(predictor, [InputFile(name="a.jpg", data=_image())], alone=lambda: True)[0]
     predictor.close()
+
+
+def test_each_batcher_takes_the_batch_size_of_its_precision(tmp_path: Path) -> None:
+    predictor = _predictor(tmp_path)  # fp32 graphs, MANYLABEL_MAX_BATCH_SIZE unset: one image per call
+    try:
+        sizes = {key: batcher._max_batch for key, batcher in predictor._batchers.items()}
+        assert sizes == {("best", "fp32"): 1, ("last", "fp32"): 1}
+        assert predictor.summary()["serving"]["int8_max_batch_size"] == 4
+    finally:
+        predictor.close()

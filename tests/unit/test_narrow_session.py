@@ -54,9 +54,11 @@ def test_no_narrow_session_where_it_would_not_differ(tmp_path: Path, settings: S
 
 def test_cpu_defaults_run_a_call_per_intra_op_thread() -> None:
     cpu = Settings(intra_op_threads=4).tuning(gpu=False)
-    assert (cpu.inference_workers, cpu.crowded_intra_op_threads, cpu.max_batch_size) == (4, 1, 4)
+    assert (cpu.inference_workers, cpu.crowded_intra_op_threads) == (4, 1)
+    assert (cpu.batch_size("fp32"), cpu.batch_size("int8")) == (1, 4)  # fp32 activations outgrow caches
     gpu = Settings(intra_op_threads=4).tuning(gpu=True)
-    assert (gpu.inference_workers, gpu.crowded_intra_op_threads, gpu.max_batch_size) == (1, 4, 64)
+    assert (gpu.inference_workers, gpu.crowded_intra_op_threads) == (1, 4)
+    assert (gpu.batch_size("fp32"), gpu.batch_size("int8")) == (64, 64)
     two = Settings(intra_op_threads=8, inference_workers=2).tuning(gpu=False)
     assert two.crowded_intra_op_threads == 4  # two overlapping calls share the eight threads
 
