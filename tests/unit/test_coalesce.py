@@ -10,7 +10,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service.server.http.coalesce import install
+from service.server.http.coalesce import JOIN_MAX_BYTES, install
 
 GET = b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"
 
@@ -73,6 +73,19 @@ def test_an_answer_is_one_write_with_head_and_body() -> None:
     head, body = _head_and_body(transport.writes[0])
     assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 12" in head
     assert body == b'{"ok": true}'
+
+
+def test_a_big_body_goes_in_a_write_of_its_own_behind_the_head() -> None:
+    body = b"x" * (JOIN_MAX_BYTES + 1)
+
+    async def app(scope, receive, send) -> None:
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    transport = _serve(app)
+    assert len(transport.writes) == 2 and transport.writes[1] == body
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK") and transport.writes[0].endswith(b"\r\n\r\n")
 
 
 def test_a_stream_goes_head_with_its_first_chunk_then_chunk_by_chunk() -> None:
