@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from servekit import LABELS, MODEL_NAME, REPO, THRESHOLDS, Server
 
 pytestmark = pytest.mark.slow
@@ -285,14 +286,13 @@ def test_concurrent_requests_share_inference_calls(server: Server, images: dict[
 
 
 def _series(text: str, name: str, **labels: str) -> float:
-    """The value of one Prometheus series of /metrics's text (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rindex("}")]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+    """The sum of one Prometheus series of /metrics's text over the samples with `labels` (0 when none)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def test_bentoml_request_metrics_count_every_answer(client: httpx.Client, images: dict[str, bytes]) -> None:
