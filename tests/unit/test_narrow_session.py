@@ -34,6 +34,12 @@ def test_the_narrow_session_opens_on_the_first_crowded_call(tmp_path: Path) -> N
     assert graph.wait_narrow(10)
     assert graph.wide.get_session_options().intra_op_num_threads == 2
     assert graph.narrow.get_session_options().intra_op_num_threads == 1
+    # The wide call spins its pool threads while it runs and stops them when it returns; the
+    # narrow one has no pool threads.
+    wide, narrow = graph.wide.get_session_options(), graph.narrow.get_session_options()
+    assert wide.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert wide.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert narrow.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     np.testing.assert_allclose(rt.run("best", batch, crowded=True), alone, rtol=1e-6)
     np.testing.assert_array_equal(first, alone)
     assert rt.graphs[("last", "fp32")].narrow is None  # only graphs whose calls overlapped
