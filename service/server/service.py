@@ -36,6 +36,7 @@ with bentoml.importing():
     from service.server.http import coalesce
     from service.server.http.budget import ByteBudget, Reservation
     from service.server.http.inspect import inspect_app, load_inspector
+    from service.server.http.linger import Linger
     from service.server.http.predict import PredictRoutes, Reply
     from service.server.http.uploads import Form, Limits, collect_images, is_zip, read_local_images
     from service.server.models import Models, describe_stored
@@ -227,6 +228,12 @@ class ManyLabel:
             return await answer(served.predictor, options, files, alone=reservation.alone)
 
 
+@functools.cache
+def _linger() -> Linger:
+    """How long this worker's event loop waits, awake, for its only client's next request."""
+    return Linger(get_settings().linger_ms / 1000)
+
+
 _current_service = bentoml.get_current_service  # looked up once: bentoml's lazy __getattr__ costs 20 us
 
 
@@ -235,7 +242,9 @@ async def _answer_http(form: Form, route: str, reservation: Reservation) -> Repl
     return await service.answer_form(form, route, reservation)
 
 
-ManyLabel.add_asgi_middleware(PredictRoutes, paths=PREDICT_ROUTES, limits=_limits, handler=_answer_http)
+ManyLabel.add_asgi_middleware(
+    PredictRoutes, paths=PREDICT_ROUTES, limits=_limits, handler=_answer_http, linger=_linger
+)
 install_timeout_fix()  # BentoML's request timers: cancelled when the request ends
 coalesce.install()  # an answer's head and body in one socket write
 install_request_metrics()  # BentoML's request metrics: the same series, counted after the answer

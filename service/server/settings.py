@@ -54,6 +54,9 @@ class Settings(BaseModel):
     max_batch_size: int | None = Field(None, ge=1)  # images per call; None: CPU fp32 1, int8 4; GPU 64
     max_latency_ms: float | None = Field(None, ge=0)  # longest wait for batch-mates; None: 0 CPU, 5 GPU
     max_queue: int = Field(2048, ge=1)  # images waiting for inference before answering 503
+    # After answering its only client, the event loop keeps polling this long for the next request
+    # instead of sleeping (`http.linger`: a halted VM core wakes slowly); 0: off.
+    linger_ms: float = Field(2.0, ge=0, le=100)
     # --- limits on what a request may send -----------------------------------------------------
     max_files: int = Field(1000, ge=1)  # images per request, zip members included (413 above)
     max_request_bytes: int = Field(256 << 20, ge=1024)  # request body size (413 above)

@@ -24,6 +24,7 @@ from service.bundles import BundleFile
 from service.errors import RequestError
 from service.server.http.budget import Reservation
 from service.server.http.clients import RecentClients
+from service.server.http.linger import Linger
 from service.server.http.multipart import MultipartReader
 from service.server.http.uploads import Form, Limits, decode_text, too_large
 
@@ -81,18 +82,26 @@ Handler = Callable[[Form, str, Reservation], Awaitable[Reply]]
 class PredictRoutes:
     """ASGI middleware answering POSTs to `paths` with `handler`; everything else passes through.
 
-    `limits` and `handler` are looked up per request (they live in the service instance, which
-    BentoML creates after the middleware).
+    `limits`, `handler` and `linger` are looked up per request (they live in the service instance,
+    which BentoML creates after the middleware). After answering a request that was alone
+    (`Reservation.alone`), the event loop lingers (`linger.Linger`) for the client's next one.
     """
 
     def __init__(
-        self, app: Callable, *, paths: Collection[str], limits: Callable[[], Limits], handler: Handler
+        self,
+        app: Callable,
+        *,
+        paths: Collection[str],
+        limits: Callable[[], Limits],
+        handler: Handler,
+        linger: Callable[[], Linger | None] = lambda: None,
     ) -> None:
         self.app = app
         self.paths = frozenset(paths)
         self.limits = limits
         self.clients = RecentClients()
         self.handler = handler
+        self.linger = linger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
@@ -113,8 +122,12 @@ class PredictRoutes:
                 500, {"error": "an unexpected error occurred; the server log has the details", "field": None}
             )
         finally:
+            alone = reservation.alone()
             reservation.close()
         await send_reply(send, reply)
+        if alone and (linger := self.linger()) is not None and limits.inflight is not None:
+            budget = limits.inflight
+            linger.start(lambda: budget.holders > 0)  # until the next request takes a reservation
 
 
 async def read_form(
