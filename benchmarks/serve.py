@@ -4,7 +4,8 @@
 
 Every target serves the same fused ONNX model (best.onnx of a stored manylabel model) with the same
 preprocessing (`service.preprocess.load_image`) and onnxruntime options (intra-op threads = cores,
-spinning off), and answers the same request: multipart POST /predict, one JPEG in field `images`.
+pool threads spinning only while a call runs), and answers the same request: multipart POST
+/predict, one JPEG in field `images`.
   * in-process: decode + onnxruntime in one Python process, no HTTP (its own process, so its peak
     RSS is its own): `conc` images in flight served by min(conc, cores) threads, batch 1;
   * manylabel: `bentoml serve service.server.service:ManyLabel` with its defaults (adaptive batching);

@@ -3,7 +3,8 @@
 The same fused ONNX model (a manylabel model folder: `manifest.json` + `best.onnx`, or
 `best.int8.onnx` with `--precision int8`), the same
 `service.preprocess.load_image`, the same onnxruntime session options as manylabel
-(`service.server.runtime.session_options`: intra-op threads = cores, spinning off), the same request
+(`service.server.runtime.session_options`: intra-op threads = cores, pool threads spinning only
+while a call runs), the same request
 (multipart POST /predict, one file in field `images`) and an answer of the same shape.
 Runs in the peers' environment (benchmarks/requirements-peers.txt) with the repository on sys.path.
 """
