@@ -9,7 +9,8 @@ shared/data/clothing_mosaic_ml10). Steps, each its own script writing its JSON t
   2. benchmarks/features.py: feature extraction images/s, manylabel vs raw onnxruntime;
   3. benchmarks/thresholds.py: f1_thresholds on 100 000 x 100 random scores;
   4. benchmarks/serve.py: the model trained on the first data set, served by manylabel, the
-     in-process reference and the peers, on photos of the first data set resized to 256 and 1000 px.
+     in-process reference, the peers and the bare-HTTP floor, on photos of the first data set
+     resized to 256 and 1000 px.
 Then --out/results.md (all tables, the machine, the command) is written and copied into
 benchmarks/README.md between its `latest` markers. `--steps` reruns some steps only (say, after
 another job polluted one: each step records how many cores other processes kept busy meanwhile);

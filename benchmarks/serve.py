@@ -10,7 +10,9 @@ pool threads spinning only while a call runs), and answers the same request: mul
     RSS is its own): `conc` images in flight served by min(conc, cores) threads, batch 1;
   * manylabel: `bentoml serve service.server.service:ManyLabel` with its defaults (adaptive batching);
   * peers (benchmarks/peers/, run with --peers-python): PyTriton (Triton's dynamic batcher),
-    LitServe (`max_batch_size` + `batch_timeout`), plain FastAPI (no batching).
+    LitServe (`max_batch_size` + `batch_timeout`), plain FastAPI (no batching);
+  * bare (same venv, a reference): HTTP on a bare uvloop protocol, no framework, one request at a
+    time: the floor of serving from Python (benchmarks/peers/bare_server.py).
 Every target also runs the model's int8 variant (best.int8.onnx, `--precisions`; rows marked int8):
 manylabel with MANYLABEL_PRECISION=int8 (the fp32 rows with MANYLABEL_PRECISION=fp32), the peers with
 `--precision int8` (they load the same file), in-process on that file.

@@ -26,6 +26,7 @@ PEERS = {
     "pytriton": HERE / "peers" / "pytriton_server.py",
     "litserve": HERE / "peers" / "litserve_server.py",
     "fastapi": HERE / "peers" / "fastapi_server.py",
+    "bare": HERE / "peers" / "bare_server.py",  # a reference: HTTP with no framework (its docstring)
 }
 TARGETS = ("in-process", "manylabel", *PEERS)
 PRECISIONS = ("fp32", "int8")  # every target runs both: the peers load best.int8.onnx for int8 rows
@@ -35,6 +36,7 @@ TITLES = {
     "pytriton": "PyTriton",
     "litserve": "LitServe",
     "fastapi": "FastAPI",
+    "bare": "bare HTTP",
 }
 WARM_UP_S = 1.0
 
