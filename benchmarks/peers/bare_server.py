@@ -4,9 +4,9 @@ A bare uvloop `asyncio.Protocol` speaking just enough HTTP/1.1 for the benchmark
 (keep-alive, a Content-Length body, the first file of a multipart form, no validation, no limits):
 each request is decoded and scored inside `data_received` on the event loop (batch 1, intra-op
 threads = cores) and answered with one socket write. After an answer the loop lingers, turning,
-up to 2 ms for the next request, as manylabel's `MANYLABEL_LINGER_MS` default does (a halted vCPU
-made the next request slower). What it leaves out is every framework cost: ASGI, routing,
-middlewares, form parsing, metrics. In-process ÷ bare is what the HTTP round trip itself costs
+up to 2 ms for the next request: manylabel's own `http.linger.Linger` at its `MANYLABEL_LINGER_MS`
+default (a halted vCPU made the next request slower). What it leaves out is every framework cost:
+ASGI, routing, middlewares, form parsing, metrics. In-process ÷ bare is what the HTTP round trip itself costs
 (kernel, loopback, the client); bare ÷ manylabel is what the framework and our request path cost.
 Only meaningful at concurrency 1: it serves one request at a time.
 
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import uvloop
 from common import Model, parse_args  # benchmarks/peers/ is sys.path[0]
 
-LINGER_S = 0.002
+from service.server.http.linger import Linger  # manylabel's own, at its default
+from service.server.settings import Settings
+
+LINGER = Linger(Settings.model_fields["linger_ms"].default / 1000)
 
 
 class Bare(asyncio.Protocol):
@@ -66,14 +68,8 @@ class Bare(asyncio.Protocol):
         out = json.dumps({"count": 1, "images": [self.model.answer(name, scores)]}).encode()
         head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(out)
         self.transport.write(head + out)
-        asyncio.get_running_loop().create_task(linger(Bare.arrivals))
-
-
-async def linger(seen: int) -> None:
-    """Turn the loop (each turn polls the sockets) until a request arrives or LINGER_S pass."""
-    until = time.perf_counter() + LINGER_S
-    while Bare.arrivals == seen and time.perf_counter() < until:
-        await asyncio.sleep(0)
+        seen = Bare.arrivals
+        LINGER.start(lambda: Bare.arrivals != seen)  # until the next request's bytes arrive
 
 
 async def serve(port: int) -> None:
